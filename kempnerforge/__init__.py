@@ -1,0 +1,5 @@
+"""KempnerForge checkpoint toolkit."""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,69 @@
+"""Entry point of ``kf-ckpt``.
+
+Subcommands live in their own modules and are imported only when they run, so that
+``kf-ckpt --help`` and the torch-free commands start fast. Library errors are mapped to exit
+codes here, and only here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+
+from kempnerforge import __version__
+from kempnerforge.errors import KempnerForgeError
+
+__all__ = ["COMMANDS", "cli", "main"]
+
+# name -> (module, attribute, one-line help shown by `kf-ckpt --help` without importing it)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "ls": ("kempnerforge.cli.ls", "ls", "List checkpoints and what gc would do with each."),
+    "gc": ("kempnerforge.cli.gc", "gc", "Delete checkpoints that retention no longer keeps."),
+    "plan": ("kempnerforge.cli.plan", "plan", "Preview a run's saves, milestones and disk use."),
+    "show": ("kempnerforge.cli.show", "show", "List a checkpoint's tensors from its metadata."),
+    "export": ("kempnerforge.cli.export", "export", "Export model weights as safetensors."),
+}
+
+
+class _LazyGroup(click.Group):
+    """A group that imports a subcommand's module only when that subcommand is used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*COMMANDS]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        spec = COMMANDS.get(cmd_name)
+        if spec is None:
+            return None
+        module = importlib.import_module(spec[0])
+        command: click.Command = getattr(module, spec[1])
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, spec[2]) for name, spec in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KempnerForgeError as exc:
+            click.echo(f"kf-ckpt: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="kf-ckpt")
+def cli() -> None:
+    """List, garbage-collect and export KempnerForge checkpoints.
+
+    Exit codes: 0 success (also "nothing to do"); 1 the operation failed; 2 usage or
+    configuration error; 75 the checkpoint root's lock is busy (retry later).
+    """
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="kf-ckpt")

@@ -1,0 +1,273 @@
+"""Build a :class:`CheckpointConfig` from a KempnerForge job file, overrides, or a dict.
+
+Only the ``[checkpoint]`` table of a job file and its ``[checkpoint.dyn_ckpt_window]`` sub-table
+are read; every other table (model, optimizer, data, ...) belongs to other parts of the framework
+and is ignored. Overrides are dotted ``KEY=VALUE`` strings (``checkpoint.keep_last_n=5``) whose
+values are coerced from the dataclass annotations. Every mistake is a
+:class:`~kempnerforge.errors.ConfigError` that names the file, the key and the valid keys.
+
+Example:
+    >>> cfg = load_config("job.toml", ["checkpoint.keep_last_n=5"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from kempnerforge.config.checkpoint import (
+    AsyncCheckpointMode,
+    CheckpointConfig,
+    DynamicCheckpointWindow,
+)
+from kempnerforge.errors import ConfigError
+
+__all__ = [
+    "apply_overrides",
+    "config_from_dict",
+    "config_from_toml",
+    "config_to_dict",
+    "load_config",
+]
+
+_WINDOW_KEY = "dyn_ckpt_window"
+_CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(CheckpointConfig))
+_WINDOW_FIELDS = tuple(f.name for f in dataclasses.fields(DynamicCheckpointWindow))
+# Annotations as written (``from __future__ import annotations`` keeps them as strings).
+_KINDS: dict[str, str] = {
+    "dir": "str",
+    "interval": "int",
+    "async_mode": "async_mode",
+    "keep_last_n": "int",
+    "load_path": "str?",
+    "export_dtype": "str",
+    "exclude_from_loading": "list[str]",
+    "ignore_freeze_mismatch": "bool",
+    "start": "int",
+    "stop": "int",
+    "strategy": "str",
+}
+assert set(_KINDS) == (set(_CONFIG_FIELDS) | set(_WINDOW_FIELDS)) - {_WINDOW_KEY}
+
+
+def _valid(fields: Iterable[str], prefix: str) -> str:
+    return ", ".join(f"{prefix}{name}" for name in fields)
+
+
+def _where(source: str | None) -> str:
+    return f" in {source}" if source else ""
+
+
+def _check_type(key: str, kind: str, value: Any, source: str | None) -> Any:
+    """Check a value that came typed (TOML, JSON) against the field's kind."""
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "str": isinstance(value, str),
+        "str?": value is None or isinstance(value, str),
+        "bool": isinstance(value, bool),
+        "async_mode": isinstance(value, str),
+        "list[str]": isinstance(value, list) and all(isinstance(v, str) for v in value),
+    }[kind]
+    if not ok:
+        expected = {
+            "int": "an integer",
+            "str": "a string",
+            "str?": "a string",
+            "bool": "true or false",
+            "async_mode": "one of " + ", ".join(repr(m.value) for m in AsyncCheckpointMode),
+            "list[str]": "a list of strings",
+        }[kind]
+        raise ConfigError(f"{key}{_where(source)} must be {expected}, got {value!r}")
+    return value
+
+
+def _coerce(key: str, kind: str, text: str) -> Any:
+    """Turn the text of a ``--set KEY=VALUE`` override into the field's type."""
+    raw = text.strip()
+    try:
+        if kind == "int":
+            return int(raw, 0)
+        if kind == "bool":
+            lowered = raw.lower()
+            if lowered in {"true", "1", "yes", "on"}:
+                return True
+            if lowered in {"false", "0", "no", "off"}:
+                return False
+            raise ValueError(raw)
+        if kind == "str?":
+            return None if raw.lower() in {"", "none", "null"} else raw
+        if kind == "list[str]":
+            if raw.startswith("["):
+                value = json.loads(raw)
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise ValueError(raw)
+                return value
+            return [part.strip() for part in raw.split(",") if part.strip()]
+    except ValueError:
+        expected = {
+            "int": "an integer",
+            "bool": "true or false",
+            "list[str]": 'a comma-separated list or a JSON list of strings like ["optimizer"]',
+        }.get(kind, "a valid value")
+        raise ConfigError(f"override {key}={text!r}: expected {expected}") from None
+    return raw
+
+
+def _build(data: Mapping[str, Any], source: str | None) -> CheckpointConfig:
+    """Validate a ``[checkpoint]``-shaped mapping and construct the config."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"checkpoint{_where(source)} must be a table, got {data!r}")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in _CONFIG_FIELDS:
+            raise ConfigError(
+                f"unknown key checkpoint.{key}{_where(source)}; "
+                f"valid keys: {_valid(_CONFIG_FIELDS, 'checkpoint.')}"
+            )
+        if key == _WINDOW_KEY:
+            kwargs[key] = _build_window(value, source)
+        else:
+            kwargs[key] = _check_type(f"checkpoint.{key}", _KINDS[key], value, source)
+    try:
+        return CheckpointConfig(**kwargs)
+    except ValueError as exc:
+        raise ConfigError(f"{exc}{_where(source)}") from exc
+
+
+def _build_window(data: Any, source: str | None) -> DynamicCheckpointWindow | None:
+    if data is None:
+        return None
+    if isinstance(data, DynamicCheckpointWindow):
+        return data
+    prefix = f"checkpoint.{_WINDOW_KEY}."
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"checkpoint.{_WINDOW_KEY}{_where(source)} must be a table, got {data!r}")
+    for key, value in data.items():
+        if key not in _WINDOW_FIELDS:
+            raise ConfigError(
+                f"unknown key {prefix}{key}{_where(source)}; valid keys: {_valid(_WINDOW_FIELDS, prefix)}"
+            )
+        _check_type(prefix + key, _KINDS[key], value, source)
+    missing = [k for k in ("start", "stop") if k not in data]
+    if missing:
+        raise ConfigError(
+            f"{prefix}{missing[0]} is required{_where(source)} when the window is set"
+        )
+    try:
+        return DynamicCheckpointWindow(**data)
+    except ValueError as exc:
+        raise ConfigError(f"{exc}{_where(source)}") from exc
+
+
+def config_from_toml(path: str | Path) -> CheckpointConfig:
+    """Read the ``[checkpoint]`` table of a KempnerForge job file.
+
+    A job file without a ``[checkpoint]`` table gives the defaults.
+
+    Raises:
+        ConfigError: the file is missing or unreadable, is not valid TOML, or has an unknown key
+            or a value of the wrong type.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            doc = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; pass an existing job TOML") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory; pass a job TOML file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    return _build(doc.get("checkpoint", {}), str(path))
+
+
+def apply_overrides(config: CheckpointConfig, overrides: Iterable[str]) -> CheckpointConfig:
+    """Return ``config`` with dotted ``KEY=VALUE`` overrides applied, in order.
+
+    Keys may be written with or without the ``checkpoint.`` prefix. Setting
+    ``checkpoint.dyn_ckpt_window=none`` removes the window; setting a window key when there is no
+    window creates one (``start`` and ``stop`` must then both be set).
+
+    Raises:
+        ConfigError: a malformed override, an unknown key, or a bad value.
+    """
+    data = config_to_dict(config)
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {override!r} must look like checkpoint.KEY=VALUE")
+        parts = key.split(".")
+        if parts[0] == "checkpoint":
+            parts = parts[1:]
+        all_keys = _valid(_CONFIG_FIELDS, "checkpoint.") + ", " + _valid(
+            _WINDOW_FIELDS, f"checkpoint.{_WINDOW_KEY}."
+        )
+        if len(parts) == 1 and parts[0] in _CONFIG_FIELDS:
+            name = parts[0]
+            if name == _WINDOW_KEY:
+                if text.strip().lower() not in {"", "none", "null"}:
+                    raise ConfigError(
+                        f"override {key}={text!r}: only 'none' is allowed here; set "
+                        f"checkpoint.{_WINDOW_KEY}.start and .stop instead"
+                    )
+                data[_WINDOW_KEY] = None
+            else:
+                data[name] = _coerce(key, _KINDS[name], text)
+        elif len(parts) == 2 and parts[0] == _WINDOW_KEY and parts[1] in _WINDOW_FIELDS:
+            window = dict(data.get(_WINDOW_KEY) or {})
+            window[parts[1]] = _coerce(key, _KINDS[parts[1]], text)
+            data[_WINDOW_KEY] = window
+        else:
+            raise ConfigError(f"unknown key {key} in override {override!r}; valid keys: {all_keys}")
+    return _build(data, "overrides")
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    base: CheckpointConfig | None = None,
+) -> CheckpointConfig:
+    """The config a command runs with: the job file if given, else ``base``, else defaults,
+    then ``overrides`` on top.
+
+    Example:
+        >>> load_config(None, ["checkpoint.keep_last_n=5"]).keep_last_n
+        5
+    """
+    if path is not None:
+        config = config_from_toml(path)
+    else:
+        config = base if base is not None else CheckpointConfig()
+    overrides = list(overrides)
+    return apply_overrides(config, overrides) if overrides else config
+
+
+def config_to_dict(config: CheckpointConfig) -> dict[str, Any]:
+    """A JSON-able dict of ``config`` that :func:`config_from_dict` turns back into an equal one."""
+    window = config.dyn_ckpt_window
+    return {
+        "dir": config.dir,
+        "interval": config.interval,
+        "dyn_ckpt_window": None
+        if window is None
+        else {"start": window.start, "stop": window.stop, "strategy": window.strategy},
+        "async_mode": config.async_mode.value,
+        "keep_last_n": config.keep_last_n,
+        "load_path": config.load_path,
+        "export_dtype": config.export_dtype,
+        "exclude_from_loading": list(config.exclude_from_loading),
+        "ignore_freeze_mismatch": config.ignore_freeze_mismatch,
+    }
+
+
+def config_from_dict(data: Mapping[str, Any], *, source: str | None = None) -> CheckpointConfig:
+    """Inverse of :func:`config_to_dict`; unknown keys and bad values raise ConfigError."""
+    return _build(data, source)

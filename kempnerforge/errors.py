@@ -1,0 +1,78 @@
+"""One exception hierarchy for the toolkit, each class carrying the CLI exit code it maps to.
+
+The command line maps errors to exit codes in exactly one place (``kempnerforge.cli``) by reading
+``exit_code``; library callers catch the specific classes. Messages say what went wrong, where,
+and what to do next.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointNotFoundError",
+    "CheckpointRootError",
+    "ConfigError",
+    "CorruptCheckpointError",
+    "ExportError",
+    "KempnerForgeError",
+    "LockBusyError",
+    "OutputExistsError",
+    "RetentionError",
+    "VerifyError",
+]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_LOCK_BUSY = 75  # EX_TEMPFAIL: cron should retry later.
+
+
+class KempnerForgeError(Exception):
+    """Base class of every error the toolkit raises on purpose. Exit code 1."""
+
+    exit_code: int = EXIT_FAILED
+
+
+class ConfigError(KempnerForgeError, ValueError):
+    """A config file, key or value is wrong. Exit code 2."""
+
+    exit_code = EXIT_USAGE
+
+
+class CheckpointRootError(KempnerForgeError, FileNotFoundError):
+    """The checkpoint root is missing or is not a directory. Exit code 2."""
+
+    exit_code = EXIT_USAGE
+
+
+class CheckpointNotFoundError(KempnerForgeError, FileNotFoundError):
+    """No checkpoint matches what was asked for (a step, a path). Exit code 2."""
+
+    exit_code = EXIT_USAGE
+
+
+class CorruptCheckpointError(KempnerForgeError):
+    """A checkpoint is incomplete or its files cannot be read. Exit code 1."""
+
+
+class LockBusyError(KempnerForgeError):
+    """Another process holds the checkpoint root's lock. Exit code 75 (retry later)."""
+
+    exit_code = EXIT_LOCK_BUSY
+
+
+class RetentionError(KempnerForgeError):
+    """Applying a retention plan failed for at least one checkpoint. Exit code 1."""
+
+
+class OutputExistsError(KempnerForgeError, FileExistsError):
+    """An output path exists and overwriting it was not asked for. Exit code 2."""
+
+    exit_code = EXIT_USAGE
+
+
+class ExportError(KempnerForgeError):
+    """An export could not be completed; no partial output is left behind. Exit code 1."""
+
+
+class VerifyError(ExportError):
+    """An exported file does not match the checkpoint it came from. Exit code 1."""
