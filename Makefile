@@ -26,7 +26,7 @@ docs: install
 	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
 
 bench: install
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH)
 
 demo: install
 	$(PY) examples/demo.py --out $(DEMO_DIR)

@@ -181,12 +181,14 @@ def read_latest(root: Path) -> LatestLink:
         return LatestLink(
             step=None,
             target=target,
-            warning=f"{LATEST_NAME} -> {target} is not a step_<N> directory inside the root; ignored",
+            warning=f"{LATEST_NAME} -> {target} is not a step_<N> dir inside the root; ignored",
         )
     candidate = root / norm
     if candidate.is_symlink() or not candidate.is_dir():
         return LatestLink(
-            step=None, target=target, warning=f"{LATEST_NAME} -> {target} is not a directory; ignored"
+            step=None,
+            target=target,
+            warning=f"{LATEST_NAME} -> {target} is not a directory; ignored",
         )
     return LatestLink(step=step, target=target)
 
@@ -280,9 +282,13 @@ def resolve_checkpoint(src: str | Path, step: int | None = None) -> Path:
 
     path = Path(src)
     if not path.exists():
-        raise CheckpointRootError(f"{path} does not exist; pass a checkpoint root or a step_<N> dir")
+        raise CheckpointRootError(
+            f"{path} does not exist; pass a checkpoint root or a step_<N> dir"
+        )
     if not path.is_dir():
-        raise CheckpointRootError(f"{path} is not a directory; pass a checkpoint root or step_<N> dir")
+        raise CheckpointRootError(
+            f"{path} is not a directory; pass a checkpoint root or step_<N> dir"
+        )
     own_step = parse_step(path.name)
     is_step_dir = own_step is not None and (
         (path / DCP_METADATA).exists() or (path / METADATA_JSON).exists() or pp_stage_dirs(path)
@@ -290,7 +296,8 @@ def resolve_checkpoint(src: str | Path, step: int | None = None) -> Path:
     if is_step_dir:
         if step is not None and step != own_step:
             raise CheckpointNotFoundError(
-                f"{path} is the checkpoint of step {own_step}, not {step}; drop --step or pass the root"
+                f"{path} is the checkpoint of step {own_step}, not {step}; "
+                "drop --step or pass the root"
             )
         target = path
     else:

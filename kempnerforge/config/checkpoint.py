@@ -144,7 +144,9 @@ class CheckpointConfig:
                 f"checkpoint.async_mode must be one of {valid}, got {self.async_mode!r}"
             ) from None
         _require_int("checkpoint.keep_last_n", self.keep_last_n)
-        if self.load_path is not None and (not isinstance(self.load_path, str) or not self.load_path):
+        if self.load_path is not None and (
+            not isinstance(self.load_path, str) or not self.load_path
+        ):
             raise ValueError(
                 f"checkpoint.load_path must be a non-empty string or None, got {self.load_path!r}"
             )

@@ -148,9 +148,8 @@ def _build_window(data: Any, source: str | None) -> DynamicCheckpointWindow | No
         raise ConfigError(f"checkpoint.{_WINDOW_KEY}{_where(source)} must be a table, got {data!r}")
     for key, value in data.items():
         if key not in _WINDOW_FIELDS:
-            raise ConfigError(
-                f"unknown key {prefix}{key}{_where(source)}; valid keys: {_valid(_WINDOW_FIELDS, prefix)}"
-            )
+            valid = _valid(_WINDOW_FIELDS, prefix)
+            raise ConfigError(f"unknown key {prefix}{key}{_where(source)}; valid keys: {valid}")
         _check_type(prefix + key, _KINDS[key], value, source)
     missing = [k for k in ("start", "stop") if k not in data]
     if missing:
@@ -206,8 +205,10 @@ def apply_overrides(config: CheckpointConfig, overrides: Iterable[str]) -> Check
         parts = key.split(".")
         if parts[0] == "checkpoint":
             parts = parts[1:]
-        all_keys = _valid(_CONFIG_FIELDS, "checkpoint.") + ", " + _valid(
-            _WINDOW_FIELDS, f"checkpoint.{_WINDOW_KEY}."
+        all_keys = (
+            _valid(_CONFIG_FIELDS, "checkpoint.")
+            + ", "
+            + _valid(_WINDOW_FIELDS, f"checkpoint.{_WINDOW_KEY}.")
         )
         if len(parts) == 1 and parts[0] in _CONFIG_FIELDS:
             name = parts[0]

@@ -72,4 +72,4 @@ class Registry:
 
 
 registry = Registry()
-"""The process-wide registry; ``"power2"`` is registered by :mod:`kempnerforge.config.checkpoint`."""
+"""The process-wide registry; :mod:`kempnerforge.config.checkpoint` registers ``"power2"``."""

@@ -1,0 +1,1 @@
+"""Benchmarks run by ``make bench``: each module measures ours against a baseline in one run."""
