@@ -15,7 +15,7 @@ import kempnerforge  # noqa: E402
 
 project = "kempnerforge"
 author = "KempnerForge contributors"
-copyright = "2025, KempnerForge contributors"  # noqa: A001
+copyright = "2025, KempnerForge contributors"
 version = kempnerforge.__version__
 release = kempnerforge.__version__
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "CheckpointNotFoundError",
     "CheckpointRootError",
+    "CheckpointSaveError",
     "ConfigError",
     "CorruptCheckpointError",
     "ExportError",
@@ -76,3 +77,7 @@ class ExportError(KempnerForgeError):
 
 class VerifyError(ExportError):
     """An exported file does not match the checkpoint it came from. Exit code 1."""
+
+
+class CheckpointSaveError(KempnerForgeError):
+    """A save, or its background flush, failed; ``latest`` still names the previous one. Exit 1."""

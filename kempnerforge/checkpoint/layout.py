@@ -19,9 +19,11 @@ No torch import here: ``kf-ckpt ls`` and ``gc`` must start fast.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,13 +38,18 @@ __all__ = [
     "Completeness",
     "LatestLink",
     "MetadataRead",
+    "assess_complete",
     "check_complete",
     "fsync_dir",
     "list_step_dirs",
+    "newest_complete",
+    "parse_pp_stage",
     "parse_step",
     "pp_stage_dirs",
+    "pp_stages_of",
     "read_latest",
     "read_metadata_json",
+    "recorded_pp_stages",
     "resolve_checkpoint",
     "step_dir_name",
     "update_latest",
@@ -59,6 +66,8 @@ TRAIN_STATE = "train_state.pt"
 
 _STEP_RE = re.compile(r"step_(\d+)")
 _PP_RE = re.compile(r"pp(\d+)")
+_METADATA_MAX_BYTES = 16 * 2**20  # a metadata.json is a few kB; refuse to slurp a huge file
+_READ_CHUNK = 2**16
 
 
 def step_dir_name(step: int) -> str:
@@ -78,6 +87,12 @@ def parse_step(name: str) -> int | None:
         return None
     step = int(match.group(1))
     return step if step_dir_name(step) == name else None
+
+
+def parse_pp_stage(name: str) -> int | None:
+    """The stage ``k`` of a pipeline-parallel stage directory name ``pp<k>``, else None."""
+    match = _PP_RE.fullmatch(name)
+    return int(match.group(1)) if match else None
 
 
 def pp_stage_dirs(step_dir: Path) -> list[tuple[int, Path]]:
@@ -106,17 +121,30 @@ def check_complete(step_dir: Path, *, pp_stages: int | None = None) -> Completen
     checkpoint (``pp*/`` children) is complete when every stage has its own ``.metadata``; when
     ``pp_stages`` (recorded in metadata.json) is known, every stage ``pp0 .. pp{n-1}`` must exist.
     """
-    stages = pp_stage_dirs(step_dir)
+    stages = {k: (path / DCP_METADATA).is_file() for k, path in pp_stage_dirs(step_dir)}
+    has_dcp_metadata = not stages and (step_dir / DCP_METADATA).is_file()
+    return assess_complete(has_dcp_metadata=has_dcp_metadata, stages=stages, pp_stages=pp_stages)
+
+
+def assess_complete(
+    *, has_dcp_metadata: bool, stages: Mapping[int, bool], pp_stages: int | None = None
+) -> Completeness:
+    """The rule of :func:`check_complete`, applied to a listing the caller already made (no I/O).
+
+    Args:
+        has_dcp_metadata: the step directory itself holds DCP's ``.metadata`` file.
+        stages: ``k`` of every ``pp<k>/`` stage directory -> whether it holds ``.metadata``.
+        pp_stages: the number of stages recorded in metadata.json, when known.
+    """
     if not stages:
         if pp_stages:
             return Completeness(complete=False, reason=f"no pp*/ stage of {pp_stages} written")
-        if (step_dir / DCP_METADATA).is_file():
+        if has_dcp_metadata:
             return Completeness(complete=True)
         return Completeness(complete=False, reason=f"no DCP {DCP_METADATA}")
-    missing = [f"pp{k}" for k, path in stages if not (path / DCP_METADATA).is_file()]
+    missing = [f"pp{k}" for k, present in stages.items() if not present]
     if pp_stages:
-        present = {k for k, _ in stages}
-        missing += [f"pp{k}" for k in range(pp_stages) if k not in present]
+        missing += [f"pp{k}" for k in range(pp_stages) if k not in stages]
     if missing:
         return Completeness(
             complete=False, reason=f"no DCP {DCP_METADATA} in {', '.join(sorted(set(missing)))}"
@@ -132,17 +160,35 @@ class MetadataRead:
     warning: str | None = None
 
 
-def read_metadata_json(step_dir: Path) -> MetadataRead:
-    """Read ``metadata.json``; a missing, unreadable or corrupt file is a warning, not a crash."""
-    path = step_dir / METADATA_JSON
+def read_metadata_json(step_dir: str | Path, *, dir_fd: int | None = None) -> MetadataRead:
+    """Read ``metadata.json``; a missing, unreadable or corrupt file is a warning, not a crash.
+
+    A symlink is never followed, a FIFO named ``metadata.json`` never blocks, and a file over
+    16 MiB is refused rather than read. With ``dir_fd``, a relative ``step_dir`` is resolved
+    from that open directory (as in :mod:`os`), which saves path lookups in large scans.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        if path.is_symlink():
-            return MetadataRead(data=None, warning=f"{METADATA_JSON} is a symlink; ignored")
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(os.path.join(step_dir, METADATA_JSON), flags, dir_fd=dir_fd)
     except FileNotFoundError:
         return MetadataRead(data=None, warning=f"no {METADATA_JSON}")
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW refused a symlink
+            return MetadataRead(data=None, warning=f"{METADATA_JSON} is a symlink; ignored")
+        return MetadataRead(data=None, warning=f"cannot read {METADATA_JSON}: {exc}")
+    try:
+        chunks = [os.read(fd, _READ_CHUNK)]
+        # No fstat: a short read of a regular file is its end (fast scans read thousands).
+        while len(chunks[-1]) == _READ_CHUNK:
+            if len(chunks) * _READ_CHUNK > _METADATA_MAX_BYTES:
+                limit = f"over the {_METADATA_MAX_BYTES} byte limit"
+                return MetadataRead(data=None, warning=f"{METADATA_JSON} is {limit}; ignored")
+            chunks.append(os.read(fd, _READ_CHUNK))
+        text = b"".join(chunks).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         return MetadataRead(data=None, warning=f"cannot read {METADATA_JSON}: {exc}")
+    finally:
+        os.close(fd)
     try:
         data = json.loads(text)
     except ValueError as exc:
@@ -150,6 +196,12 @@ def read_metadata_json(step_dir: Path) -> MetadataRead:
     if not isinstance(data, dict):
         return MetadataRead(data=None, warning=f"corrupt {METADATA_JSON}: not a JSON object")
     return MetadataRead(data=data)
+
+
+def pp_stages_of(data: Mapping[str, Any] | None) -> int | None:
+    """The ``pp_stages`` count a metadata.json document records, if it is a valid integer."""
+    stages = (data or {}).get("pp_stages")
+    return stages if isinstance(stages, int) and not isinstance(stages, bool) else None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -257,10 +309,24 @@ def list_step_dirs(root: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _recorded_pp_stages(step_dir: Path) -> int | None:
-    data = read_metadata_json(step_dir).data or {}
-    stages = data.get("pp_stages")
-    return stages if isinstance(stages, int) and not isinstance(stages, bool) else None
+def recorded_pp_stages(step_dir: Path) -> int | None:
+    """The number of pipeline stages recorded in ``metadata.json``, if any."""
+    return pp_stages_of(read_metadata_json(step_dir).data)
+
+
+_recorded_pp_stages = recorded_pp_stages
+
+
+def newest_complete(root: Path) -> Path | None:
+    """The newest complete checkpoint directory under ``root``, or None (also for no root)."""
+    try:
+        dirs = list_step_dirs(root)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    for _, path in reversed(dirs):
+        if check_complete(path, pp_stages=recorded_pp_stages(path)).complete:
+            return path
+    return None
 
 
 def resolve_checkpoint(src: str | Path, step: int | None = None) -> Path:

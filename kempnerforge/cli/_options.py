@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-__all__ = ["config_options", "human_bytes", "parse_size"]
+from kempnerforge.checkpoint.selection import ConfigSelection, select_config
+
+__all__ = ["config_options", "human_bytes", "parse_size", "select_root"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,6 +43,25 @@ def config_options(fn: F) -> F:
         "(default: the config recorded in the newest checkpoint, else the defaults).",
     )(fn)
     return fn
+
+
+def select_root(
+    directory: str | None, config_path: str | None, overrides: Sequence[str]
+) -> tuple[Path, ConfigSelection]:
+    """The checkpoint root a command works on and the config selected for it.
+
+    ``DIR`` when given, else ``checkpoint.dir`` of the job file / overrides / defaults; the config
+    is then selected for that root (job file, else the one recorded in its newest checkpoint,
+    else the defaults; overrides on top).
+    """
+    if directory is not None:
+        root = Path(directory)
+    elif config_path is not None:
+        selection = select_config(None, config_path, overrides)
+        return Path(selection.config.dir), selection
+    else:
+        root = Path(select_config(None, None, overrides).config.dir)
+    return root, select_config(root, config_path, overrides)
 
 
 def parse_size(text: str) -> int:

@@ -1,0 +1,151 @@
+"""Benchmark the checkpoint store: scan + plan against ``du -sb``, apply against ``rm -rf``.
+
+A synthetic root of 2,000 checkpoint directories of 20 files each (18 small DCP shards,
+``.metadata`` and ``metadata.json``) is built in a temporary directory. Two figures, measured in
+one run and interleaved so that both sides see the same page cache and the same neighbours:
+
+* ``scan_plan``: ``plan_retention(scan(root), config)`` (every entry stat'ed once, every
+  metadata.json read and parsed, the plan made) over ``du -sb root`` (a stat of every entry in
+  C). Target: at most 1.5x.
+* ``apply``: ``apply_plan`` of a plan that deletes 500 of the 2,000 checkpoints (lock, re-check,
+  rename into the trash, fsync, symlink-safe removal) over one ``rm -rf`` of 500 identical
+  directories. Target: at most 1.3x.
+
+Each figure is the median of several repetitions; the ratio is the median of the per-round
+ratios. Run with ``python -m bench store`` (or ``make bench``); the temp dir is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from kempnerforge.checkpoint.catalog import scan
+from kempnerforge.checkpoint.gc import apply_plan
+from kempnerforge.checkpoint.layout import step_dir_name, update_latest
+from kempnerforge.checkpoint.retention import plan_retention
+from kempnerforge.config.checkpoint import CheckpointConfig
+
+CHECKPOINTS = 2000
+SHARDS = 18  # + .metadata + metadata.json = 20 files per checkpoint
+SHARD_BYTES = 1024
+VICTIMS = 500
+SCAN_ROUNDS = 9
+APPLY_ROUNDS = 3
+TARGET_SCAN = 1.5
+TARGET_APPLY = 1.3
+INTERVAL = 100
+
+
+def _write_checkpoint(root: Path, step: int) -> None:
+    step_dir = root / step_dir_name(step)
+    step_dir.mkdir()
+    payload = bytes(SHARD_BYTES)
+    for i in range(SHARDS):
+        (step_dir / f"__{i}_0.distcp").write_bytes(payload)
+    (step_dir / ".metadata").write_bytes(payload)
+    document = {"step": step, "tokens_seen": step * 4096, "checkpoint": {"keep_last_n": 3}}
+    (step_dir / "metadata.json").write_text(json.dumps(document))
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _du(path: Path) -> None:
+    subprocess.run(["du", "-sb", str(path)], check=True, stdout=subprocess.DEVNULL)
+
+
+def _report(name: str, ours: list[float], base: list[float], base_name: str, target: float) -> None:
+    ratio = statistics.median(o / b for o, b in zip(ours, base, strict=True))
+    verdict = "OK" if ratio <= target else "MISS"
+    print(
+        f"store.{name}: ours {statistics.median(ours):.3f} s, {base_name} "
+        f"{statistics.median(base):.3f} s, ratio {ratio:.2f}x (target <= {target}x) {verdict}",
+        flush=True,
+    )
+
+
+def _bench_scan_plan(root: Path, config: CheckpointConfig) -> None:
+    def ours() -> None:
+        plan = plan_retention(scan(root), config)
+        assert len(plan.decisions) == CHECKPOINTS
+
+    ours(), _du(root)  # warm the dentry and inode caches for both
+    mine: list[float] = []
+    base: list[float] = []
+    for i in range(SCAN_ROUNDS):  # alternate who goes first
+        if i % 2:
+            mine.append(_timed(ours))
+            base.append(_timed(lambda: _du(root)))
+        else:
+            base.append(_timed(lambda: _du(root)))
+            mine.append(_timed(ours))
+    _report("scan_plan", mine, base, "du -sb", TARGET_SCAN)
+
+
+def _bench_apply(root: Path, spare: Path, config: CheckpointConfig) -> None:
+    victims = [s * INTERVAL for s in range(VICTIMS)]
+    mine: list[float] = []
+    base: list[float] = []
+    for i in range(APPLY_ROUNDS):
+        if i:  # the first round deletes the victims of the initial tree
+            for step in victims:
+                _write_checkpoint(root, step)
+        spare.mkdir()
+        for step in victims:
+            _write_checkpoint(spare, step)
+        os.sync()  # neither side pays for the other's writeback
+        plan = plan_retention(scan(root), config)
+        assert [d.step for d in plan.to_delete] == victims
+        paths = [str(spare / step_dir_name(s)) for s in victims]
+
+        def ours(plan=plan) -> None:  # noqa: ANN001
+            result = apply_plan(plan)
+            assert len(result.deleted) == VICTIMS and result.ok
+
+        def rm(paths: list[str] = paths) -> None:
+            subprocess.run(["rm", "-rf", *paths], check=True)
+
+        if i % 2:
+            mine.append(_timed(ours))
+            base.append(_timed(rm))
+        else:
+            base.append(_timed(rm))
+            mine.append(_timed(ours))
+        shutil.rmtree(spare)
+    _report("apply", mine, base, "rm -rf", TARGET_APPLY)
+
+
+def main() -> None:
+    """Build the synthetic root, print the two figures, remove everything."""
+    with tempfile.TemporaryDirectory(prefix="kf-bench-store-") as tmp:
+        root = Path(tmp) / "ckpt"
+        root.mkdir()
+        start = time.perf_counter()
+        for s in range(CHECKPOINTS):
+            _write_checkpoint(root, s * INTERVAL)
+        last = (CHECKPOINTS - 1) * INTERVAL
+        update_latest(root, last)
+        os.sync()
+        print(
+            f"   built {CHECKPOINTS} checkpoints x {SHARDS + 2} files "
+            f"in {time.perf_counter() - start:.1f} s",
+            flush=True,
+        )
+        config = CheckpointConfig(keep_last_n=CHECKPOINTS - VICTIMS)
+        _bench_scan_plan(root, config)
+        _bench_apply(root, Path(tmp) / "spare", config)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""Scan a checkpoint root: which checkpoints are on disk, how complete and how big (torch-free).
+
+A scan never crashes on one bad entry: anything that is not a checkpoint is listed as skipped
+with the reason, and a checkpoint whose files cannot all be read carries warnings. Nothing is
+followed through a symlink and nothing is modified.
+
+Sizes are apparent sizes (``st_size`` of every entry, the step directory included, hard links
+counted once): the figure ``du -sb`` prints. ``st_blocks * 512`` would be more exact for sparse
+files, but DCP shards are dense and ``du -sb`` is what people check the numbers against.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kempnerforge.checkpoint._walk import walk_step_dir
+from kempnerforge.checkpoint.layout import (
+    LATEST_NAME,
+    LOCK_NAME,
+    TRASH_NAME,
+    LatestLink,
+    assess_complete,
+    parse_step,
+    pp_stages_of,
+    read_latest,
+    read_metadata_json,
+)
+from kempnerforge.errors import CheckpointRootError
+
+__all__ = ["Catalog", "CheckpointInfo", "SkippedEntry", "check_root", "scan"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointInfo:
+    """One ``step_<N>`` directory as found on disk."""
+
+    step: int
+    path: Path
+    complete: bool
+    incomplete_reason: str | None
+    is_latest: bool
+    tokens_seen: int | None
+    dynamic_milestone: bool
+    """``"dynamic_milestone": true`` is recorded in its metadata.json."""
+    recorded_config: dict[str, Any] | None
+    """The ``"checkpoint"`` table recorded in its metadata.json."""
+    size_bytes: int
+    file_count: int
+    mtime_s: float
+    """Newest modification time of the directory or anything in it (seconds since the epoch)."""
+    warnings: tuple[str, ...] = ()
+    scan_error: str | None = None
+    """Why completeness could not be judged (the directory or a ``pp*/`` stage is unreadable)."""
+
+    @property
+    def name(self) -> str:
+        """The directory name, ``step_<N>``."""
+        return self.path.name
+
+
+@dataclass(frozen=True, kw_only=True)
+class SkippedEntry:
+    """A direct child of the root that is not a checkpoint; scan and gc never touch it."""
+
+    name: str
+    path: Path
+    reason: str
+    toolkit_entry: bool = False
+    """One of the toolkit's own entries (``latest``, the lock file, the trash)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Catalog:
+    """Everything :func:`scan` found under one checkpoint root."""
+
+    root: Path
+    checkpoints: tuple[CheckpointInfo, ...]
+    """Sorted by step."""
+    skipped: tuple[SkippedEntry, ...]
+    latest: LatestLink
+    warnings: tuple[str, ...] = ()
+    trash_entries: int = 0
+    """Entries an interrupted gc left in ``.kf-trash`` (the next gc removes them)."""
+    _by_step: dict[int, CheckpointInfo] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_step", {info.step: info for info in self.checkpoints})
+
+    @property
+    def newest_complete(self) -> CheckpointInfo | None:
+        """The complete checkpoint with the highest step, if any."""
+        return next((c for c in reversed(self.checkpoints) if c.complete), None)
+
+    @property
+    def latest_checkpoint(self) -> CheckpointInfo | None:
+        """The checkpoint ``latest`` names, when the link is honoured and the directory exists."""
+        return None if self.latest.step is None else self._by_step.get(self.latest.step)
+
+    @property
+    def total_size_bytes(self) -> int:
+        """Bytes held by all checkpoints."""
+        return sum(c.size_bytes for c in self.checkpoints)
+
+    def get(self, step: int) -> CheckpointInfo | None:
+        """The checkpoint of ``step``, if there is one."""
+        return self._by_step.get(step)
+
+
+def check_root(root: str | Path) -> Path:
+    """``root`` as a Path, after checking it is an existing directory.
+
+    Raises:
+        CheckpointRootError: ``root`` is missing, not a directory, or cannot be read.
+    """
+    path = Path(root)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise CheckpointRootError(
+            f"checkpoint root {path} does not exist; check checkpoint.dir or the DIR argument"
+        ) from None
+    except OSError as exc:
+        raise CheckpointRootError(f"cannot access checkpoint root {path}: {exc.strerror}") from exc
+    if not stat.S_ISDIR(info.st_mode):
+        raise CheckpointRootError(
+            f"checkpoint root {path} is not a directory; pass the directory holding step_<N>/"
+        )
+    return path
+
+
+def scan(root: str | Path) -> Catalog:
+    """List the checkpoints under ``root`` with completeness, metadata, size and file count.
+
+    One ``os.scandir`` walk per checkpoint that stats every entry once and descends only into
+    real directories, never through a symlink; ``metadata.json`` is read once. A checkpoint
+    removed while the scan runs (by a concurrent gc) is left out.
+
+    Raises:
+        CheckpointRootError: ``root`` is missing, not a directory, or cannot be read.
+
+    Example:
+        >>> catalog = scan("runs/a/checkpoints")  # doctest: +SKIP
+        >>> [(c.step, c.complete, c.size_bytes) for c in catalog.checkpoints]  # doctest: +SKIP
+        [(500, True, 1900000000), (1000, False, 230000000)]
+    """
+    path = check_root(root)
+    latest = read_latest(path)
+    checkpoints: list[CheckpointInfo] = []
+    skipped: list[SkippedEntry] = []
+    trash_entries = 0
+    try:
+        root_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        with os.scandir(root_fd) as it:
+            entries = list(it)
+    except OSError as exc:
+        raise CheckpointRootError(f"cannot read checkpoint root {path}: {exc.strerror}") from exc
+    try:
+        for entry in entries:
+            step = parse_step(entry.name)
+            if step is not None and entry.is_dir(follow_symlinks=False):
+                info = _inspect(root_fd, path / entry.name, step, latest)
+                if info is not None:
+                    checkpoints.append(info)
+                continue
+            if entry.name == TRASH_NAME and entry.is_dir(follow_symlinks=False):
+                trash_entries = _count_entries(path / TRASH_NAME)
+            skipped.append(_skipped(entry, path, step, latest, trash_entries))
+    finally:
+        os.close(root_fd)
+    warnings = [latest.warning] if latest.warning else []
+    if trash_entries:
+        warnings.append(
+            f"{trash_entries} entries in {TRASH_NAME} left by an interrupted gc; "
+            "the next gc removes them"
+        )
+    checkpoints.sort(key=lambda c: c.step)
+    skipped.sort(key=lambda s: s.name)
+    return Catalog(
+        root=path,
+        checkpoints=tuple(checkpoints),
+        skipped=tuple(skipped),
+        latest=latest,
+        warnings=tuple(warnings),
+        trash_entries=trash_entries,
+    )
+
+
+def _skipped(
+    entry: os.DirEntry[str], root: Path, step: int | None, latest: LatestLink, trash_entries: int
+) -> SkippedEntry:
+    name = entry.name
+    toolkit = True
+    if name == LATEST_NAME:
+        reason = latest.warning or f"the latest link -> {latest.target}"
+    elif name == LOCK_NAME:
+        reason = "the gc lock file"
+    elif name == TRASH_NAME:
+        real = entry.is_dir(follow_symlinks=False)
+        reason = (
+            f"the gc trash ({trash_entries} entries left to remove)"
+            if real
+            else "named like the gc trash but not a real directory; gc refuses to use it"
+        )
+    else:
+        toolkit = False
+        if step is None:
+            reason = "not a step_<N> name"
+        elif entry.is_symlink():
+            reason = "a symlink named like a checkpoint; never followed"
+        else:
+            reason = "named like a checkpoint but not a directory"
+    return SkippedEntry(name=name, path=root / name, reason=reason, toolkit_entry=toolkit)
+
+
+def _count_entries(path: Path) -> int:
+    try:
+        return len(os.listdir(path))
+    except OSError:
+        return 0
+
+
+def _inspect(root_fd: int, path: Path, step: int, latest: LatestLink) -> CheckpointInfo | None:
+    """Walk one step directory; None when it vanished while the scan looked at it."""
+    walk = walk_step_dir(root_fd, path.name)
+    if walk.vanished:
+        return None
+    meta = read_metadata_json(path.name, dir_fd=root_fd)
+    data = meta.data or {}
+    warnings = [*walk.warnings, *([meta.warning] if meta.warning else [])]
+    unreadable = [f"pp{k}/" for k, ok in sorted(walk.stages.items()) if ok is None]
+    scan_error = None
+    if not walk.listed or unreadable:
+        scan_error = "cannot read " + (", ".join(unreadable) if walk.listed else f"{path.name}/")
+    status = assess_complete(
+        has_dcp_metadata=walk.has_dcp_metadata,
+        stages={k: bool(ok) for k, ok in walk.stages.items()},
+        pp_stages=pp_stages_of(data),
+    )
+    return CheckpointInfo(
+        step=step,
+        path=path,
+        complete=status.complete and scan_error is None,
+        incomplete_reason=scan_error or status.reason,
+        is_latest=latest.step == step,
+        tokens_seen=_recorded_int(data, "tokens_seen", warnings),
+        dynamic_milestone=_recorded_flag(data, warnings),
+        recorded_config=_recorded_config(data, warnings),
+        size_bytes=walk.size_bytes,
+        file_count=walk.file_count,
+        mtime_s=walk.mtime_s,
+        warnings=tuple(warnings + _step_mismatch(data, step)),
+        scan_error=scan_error,
+    )
+
+
+def _recorded_int(data: dict[str, Any], key: str, warnings: list[str]) -> int | None:
+    value = data.get(key)
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    warnings.append(f"metadata.json {key} is not an integer: {value!r}; ignored")
+    return None
+
+
+def _recorded_flag(data: dict[str, Any], warnings: list[str]) -> bool:
+    value = data.get("dynamic_milestone", False)
+    if isinstance(value, bool):
+        return value
+    warnings.append(f"metadata.json dynamic_milestone is not true/false: {value!r}; ignored")
+    return False
+
+
+def _recorded_config(data: dict[str, Any], warnings: list[str]) -> dict[str, Any] | None:
+    value = data.get("checkpoint")
+    if value is None or isinstance(value, dict):
+        return value
+    warnings.append(f"metadata.json checkpoint is not a table: {value!r}; ignored")
+    return None
+
+
+def _step_mismatch(data: dict[str, Any], step: int) -> list[str]:
+    recorded = data.get("step")
+    if recorded is None or recorded == step:
+        return []
+    return [f"metadata.json records step {recorded!r}, the directory is step {step}"]

@@ -1,0 +1,121 @@
+"""``kf-ckpt export``: stream a checkpoint's model weights into safetensors.
+
+Thin: parse the options, pick the config (for the default dtype), call
+:func:`kempnerforge.checkpoint.export.export_safetensors`, render its summary. torch is imported
+only when the command runs, so that ``kf-ckpt --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kempnerforge.cli._options import config_options, human_bytes, parse_size, select_root
+
+__all__ = ["export"]
+
+_DTYPES = ("bfloat16", "float32")
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    return parse_size(value)
+
+
+@click.command()
+@click.argument("src", required=False, type=click.Path(path_type=str))
+@config_options
+@click.option(
+    "--step",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Step to export (default: the newest complete).",
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="A file ending in .safetensors, or a directory (Hugging Face layout).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(_DTYPES),
+    default=None,
+    help="Dtype of floating tensors (default: the config's checkpoint.export_dtype).",
+)
+@click.option(
+    "--max-shard-size",
+    default="5GB",
+    show_default=True,
+    callback=_size,
+    metavar="SIZE",
+    help="Split a directory output into shards of at most this size (5GB, 500MB, 2GiB).",
+)
+@click.option(
+    "--force", is_flag=True, help="Replace an existing output (once the new one is complete)."
+)
+@click.option("--verify", is_flag=True, help="Read the output back and compare every tensor.")
+def export(
+    src: str | None,
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    step: int | None,
+    output: Path,
+    dtype: str | None,
+    max_shard_size: int,
+    force: bool,
+    verify: bool,
+) -> None:
+    """Export the model weights of a checkpoint as safetensors.
+
+    SRC is a checkpoint root (default: checkpoint.dir of the config) or one step_N directory.
+    Only the model part is read, in bounded batches; the optimizer state is never loaded.
+    Floating tensors are cast to --dtype; integer and bool tensors keep theirs.
+    """
+    from kempnerforge.checkpoint.export import export_safetensors
+    from kempnerforge.checkpoint.layout import resolve_checkpoint
+    from kempnerforge.checkpoint.selection import select_config
+
+    root, selection = select_root(src, config_path, overrides)
+    step_dir = resolve_checkpoint(root, step)
+    if step_dir.parent != root:  # SRC is a step_N dir: its run's config is recorded in its root
+        selection = select_config(step_dir.parent, config_path, overrides)
+    with contextlib.ExitStack() as stack:
+        result = export_safetensors(
+            step_dir,
+            output,
+            dtype=dtype or selection.config.export_dtype,
+            max_shard_size=max_shard_size,
+            force=force,
+            verify=verify,
+            progress=_progress_bar(stack) if sys.stderr.isatty() else None,
+        )
+    for note in result.notes:
+        click.echo(f"kf-ckpt: note: {note}", err=True)
+    files = "1 file" if len(result.files) == 1 else f"{len(result.files)} files"
+    click.echo(
+        f"exported {result.tensors} tensors ({human_bytes(result.size_bytes)}, {result.dtype}) "
+        f"of step {result.step} to {result.output} in {files}, {result.elapsed_s:.1f} s"
+        + ("; verified" if result.verified else ""),
+        err=True,
+    )
+
+
+def _progress_bar(stack: contextlib.ExitStack) -> Callable[[int, int], None]:
+    """A ``progress(done_bytes, total_bytes)`` callback drawing a bar on stderr."""
+    bar: Any = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = stack.enter_context(
+                click.progressbar(length=total, label="exporting", file=sys.stderr, show_pos=False)
+            )
+        bar.update(done - bar.pos)
+
+    return progress

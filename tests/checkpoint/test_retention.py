@@ -1,0 +1,357 @@
+"""Retention rules as tables: pure plans from hand-made catalogs (no filesystem involved)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from kempnerforge.checkpoint.catalog import Catalog, CheckpointInfo, SkippedEntry
+from kempnerforge.checkpoint.layout import LatestLink
+from kempnerforge.checkpoint.retention import Action, Reason, RetentionPlan, plan_retention
+from kempnerforge.config.checkpoint import CheckpointConfig, DynamicCheckpointWindow
+
+ROOT = Path("/nonexistent/ckpt")  # plans never touch the filesystem
+K, D = Action.keep, Action.delete
+
+
+def info(
+    step: int,
+    *,
+    complete: bool = True,
+    milestone: bool = False,
+    scan_error: str | None = None,
+    latest: bool = False,
+    size_bytes: int = 100,
+) -> CheckpointInfo:
+    return CheckpointInfo(
+        step=step,
+        path=ROOT / f"step_{step}",
+        complete=complete and scan_error is None,
+        incomplete_reason=None
+        if complete and scan_error is None
+        else (scan_error or "no .metadata"),
+        is_latest=latest,
+        tokens_seen=step * 10,
+        dynamic_milestone=milestone,
+        recorded_config=None,
+        size_bytes=size_bytes,
+        file_count=3,
+        mtime_s=1.0e9 + step,
+        scan_error=scan_error,
+    )
+
+
+def catalog(*infos: CheckpointInfo, skipped: tuple[SkippedEntry, ...] = ()) -> Catalog:
+    latest = next((i.step for i in infos if i.is_latest), None)
+    return Catalog(
+        root=ROOT,
+        checkpoints=tuple(sorted(infos, key=lambda i: i.step)),
+        skipped=skipped,
+        latest=LatestLink(step=latest, target=None if latest is None else f"step_{latest}"),
+    )
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    checkpoints: tuple[CheckpointInfo, ...]
+    expected: dict[int, tuple[Action, Reason]]
+    keep_last_n: int = 3
+    window: tuple[int, int] | None = None
+    skipped: tuple[SkippedEntry, ...] = field(default=())
+
+
+def _c(steps: range | list[int], **kw: object) -> list[CheckpointInfo]:
+    return [info(s, **kw) for s in steps]  # type: ignore[arg-type]
+
+
+CASES = [
+    Case(
+        "keep3-latest-newest",
+        (*_c([100, 200, 300, 400]), info(500, latest=True)),
+        {
+            100: (D, Reason.beyond_keep_last_n),
+            200: (D, Reason.beyond_keep_last_n),
+            300: (K, Reason.within_keep_last_n),
+            400: (K, Reason.within_keep_last_n),
+            500: (K, Reason.latest),
+        },
+    ),
+    Case(
+        "keep1",
+        (*_c([10, 20]), info(30, latest=True)),
+        {
+            10: (D, Reason.beyond_keep_last_n),
+            20: (D, Reason.beyond_keep_last_n),
+            30: (K, Reason.latest),
+        },
+        keep_last_n=1,
+    ),
+    Case(
+        "keep0-keeps-all-even-abandoned",
+        (info(10, complete=False), *_c([20, 30]), info(40, latest=True)),
+        {
+            10: (K, Reason.keep_all),
+            20: (K, Reason.keep_all),
+            30: (K, Reason.keep_all),
+            40: (K, Reason.latest),
+        },
+        keep_last_n=0,
+    ),
+    Case(
+        "keep-negative-keeps-all-and-newest-complete",
+        tuple(_c([1, 2, 3])),
+        {1: (K, Reason.keep_all), 2: (K, Reason.keep_all), 3: (K, Reason.newest_complete)},
+        keep_last_n=-1,
+    ),
+    Case(
+        "window-start-0-milestones-use-no-slots",
+        # power2 window [0, 100]: 0, 1, 2, 4, 8, 16, 32, 64 are milestones.
+        (*_c([0, 1, 2, 4, 8, 16, 32, 64]), *_c([200, 300, 400]), info(500, latest=True)),
+        {
+            **{s: (K, Reason.milestone) for s in (0, 1, 2, 4, 8, 16, 32, 64)},
+            200: (D, Reason.beyond_keep_last_n),
+            300: (K, Reason.within_keep_last_n),
+            400: (K, Reason.within_keep_last_n),
+            500: (K, Reason.latest),
+        },
+        window=(0, 100),
+    ),
+    Case(
+        "window-start-gt-0",
+        # power2 window [100, 200]: 100, 101, 102, 104, 108, 116, 132, 164 are milestones; 150
+        # lies inside the window but is not one of its saves.
+        (*_c([50, 100, 101, 104, 150, 164, 300, 400]), info(500, latest=True)),
+        {
+            50: (D, Reason.beyond_keep_last_n),
+            100: (K, Reason.milestone),
+            101: (K, Reason.milestone),
+            104: (K, Reason.milestone),
+            150: (D, Reason.beyond_keep_last_n),
+            164: (K, Reason.milestone),
+            300: (K, Reason.within_keep_last_n),
+            400: (K, Reason.within_keep_last_n),
+            500: (K, Reason.latest),
+        },
+        window=(100, 200),
+    ),
+    Case(
+        "in-flight-newer-than-newest-complete",
+        (*_c([100, 200]), info(300, latest=True), info(400, complete=False)),
+        {
+            100: (D, Reason.beyond_keep_last_n),
+            200: (K, Reason.within_keep_last_n),
+            300: (K, Reason.latest),
+            400: (K, Reason.in_flight),
+        },
+        keep_last_n=2,
+    ),
+    Case(
+        "abandoned-incomplete-older-than-newest-complete",
+        (info(100), info(150, complete=False), info(200), info(300, latest=True)),
+        {
+            100: (K, Reason.within_keep_last_n),
+            150: (D, Reason.abandoned_incomplete),
+            200: (K, Reason.within_keep_last_n),
+            300: (K, Reason.latest),
+        },
+    ),
+    Case(
+        "no-complete-checkpoint-everything-in-flight",
+        (info(100, complete=False), info(200, complete=False)),
+        {100: (K, Reason.in_flight), 200: (K, Reason.in_flight)},
+        keep_last_n=1,
+    ),
+    Case(
+        "latest-on-old-step-after-rollback",
+        (*_c([100]), info(200, latest=True), *_c([300, 400, 500]), info(600, complete=False)),
+        {
+            100: (D, Reason.beyond_keep_last_n),
+            200: (K, Reason.latest),
+            300: (D, Reason.beyond_keep_last_n),
+            400: (K, Reason.within_keep_last_n),
+            500: (K, Reason.within_keep_last_n),
+            600: (K, Reason.in_flight),
+        },
+        keep_last_n=2,
+    ),
+    Case(
+        "recorded-milestone-flag-without-window",
+        (info(10, milestone=True), info(20, milestone=True), *_c([30, 40]), info(50, latest=True)),
+        {
+            10: (K, Reason.milestone),
+            20: (K, Reason.milestone),
+            30: (D, Reason.beyond_keep_last_n),
+            40: (D, Reason.beyond_keep_last_n),
+            50: (K, Reason.latest),
+        },
+        keep_last_n=1,
+    ),
+    Case(
+        "newest-complete-is-milestone-keep1-keeps-newest-non-milestone",
+        (*_c([10, 20]), info(30, milestone=True)),
+        {
+            10: (D, Reason.beyond_keep_last_n),
+            20: (K, Reason.within_keep_last_n),
+            30: (K, Reason.milestone),
+        },
+        keep_last_n=1,
+    ),
+    Case(
+        "no-latest-link-newest-complete-kept-by-window",
+        tuple(_c([1, 2, 3, 4])),
+        {
+            1: (D, Reason.beyond_keep_last_n),
+            2: (D, Reason.beyond_keep_last_n),
+            3: (K, Reason.within_keep_last_n),
+            4: (K, Reason.within_keep_last_n),
+        },
+        keep_last_n=2,
+    ),
+    Case(
+        "incomplete-milestone-is-still-a-milestone",
+        (info(0, complete=False, milestone=True), *_c([100, 200])),
+        {
+            0: (K, Reason.milestone),
+            100: (D, Reason.beyond_keep_last_n),
+            200: (K, Reason.within_keep_last_n),
+        },
+        keep_last_n=1,
+    ),
+    Case(
+        "unreadable-old-dir-kept-until-judged",
+        (info(100, scan_error="cannot read step_100/"), *_c([200, 300])),
+        {
+            100: (K, Reason.unreadable),
+            200: (D, Reason.beyond_keep_last_n),
+            300: (K, Reason.within_keep_last_n),
+        },
+        keep_last_n=1,
+    ),
+    Case(
+        "incomplete-latest-target-kept",
+        (info(100), info(200, complete=False, latest=True), info(300)),
+        {
+            100: (D, Reason.beyond_keep_last_n),
+            200: (K, Reason.latest),
+            300: (K, Reason.within_keep_last_n),
+        },
+        keep_last_n=1,
+    ),
+    Case(
+        "keep-more-than-exist",
+        (*_c([1, 2]), info(3, latest=True)),
+        {
+            1: (K, Reason.within_keep_last_n),
+            2: (K, Reason.within_keep_last_n),
+            3: (K, Reason.latest),
+        },
+        keep_last_n=10,
+    ),
+    Case(
+        "non-numeric-dirs-are-not-in-the-plan",
+        (*_c([1, 2]),),
+        {1: (D, Reason.beyond_keep_last_n), 2: (K, Reason.within_keep_last_n)},
+        keep_last_n=1,
+        skipped=(
+            SkippedEntry(name="step_best", path=ROOT / "step_best", reason="not a step_<N> name"),
+            SkippedEntry(name="step_007", path=ROOT / "step_007", reason="not a step_<N> name"),
+        ),
+    ),
+    Case("empty-root", (), {}),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_retention_table(case: Case) -> None:
+    window = DynamicCheckpointWindow(*case.window) if case.window else None
+    config = CheckpointConfig(keep_last_n=case.keep_last_n, dyn_ckpt_window=window)
+    plan = plan_retention(catalog(*case.checkpoints, skipped=case.skipped), config)
+    got = {d.step: (d.action, d.reason) for d in plan.decisions}
+    assert got == case.expected
+    assert [d.step for d in plan.decisions] == sorted(case.expected)
+    assert all(d.detail for d in plan.decisions)
+    assert plan.keep_last_n == case.keep_last_n
+
+
+def test_plan_totals_and_views() -> None:
+    cat = catalog(info(1, size_bytes=10), info(2, size_bytes=20), info(3, size_bytes=40))
+    plan = plan_retention(cat, CheckpointConfig(keep_last_n=1))
+    assert [d.step for d in plan.to_delete] == [1, 2]
+    assert [d.step for d in plan.to_keep] == [3]
+    assert plan.bytes_freed == 30
+    assert plan.root == ROOT
+    assert plan.decision_for(2) is not None and plan.decision_for(2).action is Action.delete  # type: ignore[union-attr]
+    assert plan.decision_for(99) is None
+
+
+def test_plan_is_pure_and_frozen() -> None:
+    cat = catalog(*_c([1, 2, 3, 4]))
+    config = CheckpointConfig(keep_last_n=2)
+    first, second = plan_retention(cat, config), plan_retention(cat, config)
+    assert first == second
+    with pytest.raises(AttributeError):
+        first.keep_last_n = 5  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        first.decisions[0].action = Action.keep  # type: ignore[misc]
+
+
+def test_window_milestone_detail_names_the_window() -> None:
+    config = CheckpointConfig(dyn_ckpt_window=DynamicCheckpointWindow(start=0, stop=16))
+    plan = plan_retention(catalog(info(4), info(5)), config)
+    assert "[0, 16] (power2)" in plan.decisions[0].detail
+    recorded = plan_retention(catalog(info(4, milestone=True), info(5)), CheckpointConfig())
+    assert "recorded in metadata.json" in recorded.decisions[0].detail
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_catalogs_keep_the_invariants(seed: int) -> None:
+    rng = random.Random(seed)
+    steps = sorted(rng.sample(range(0, 2000, 10), rng.randint(0, 30)))
+    window = rng.choice([None, (0, 64), (100, 400)])
+    keep_last_n = rng.choice([-1, 0, 1, 2, 3, 7])
+    latest = rng.choice([None, *steps]) if steps else None
+    infos = [
+        info(
+            s,
+            complete=rng.random() > 0.25,
+            milestone=rng.random() < 0.1,
+            scan_error="cannot read" if rng.random() < 0.05 else None,
+            latest=s == latest,
+        )
+        for s in steps
+    ]
+    config = CheckpointConfig(
+        keep_last_n=keep_last_n,
+        dyn_ckpt_window=DynamicCheckpointWindow(*window) if window else None,
+    )
+    plan = plan_retention(catalog(*infos), config)
+    _check_invariants(plan, infos, config)
+
+
+def _check_invariants(
+    plan: RetentionPlan, infos: list[CheckpointInfo], config: CheckpointConfig
+) -> None:
+    kept = {d.step for d in plan.to_keep}
+    complete = [i.step for i in infos if i.complete]
+    newest = max(complete, default=None)
+    milestones = {
+        i.step for i in infos if i.dynamic_milestone or config.is_dynamic_milestone(i.step)
+    }
+    assert {d.step for d in plan.decisions} == {i.step for i in infos}
+    assert all(i.step in kept for i in infos if i.is_latest)
+    assert milestones <= kept
+    if newest is not None:
+        assert newest in kept
+    assert {i.step for i in infos if not i.complete and (newest is None or i.step > newest)} <= kept
+    if config.keep_last_n <= 0:
+        assert not plan.to_delete
+    else:
+        normal = sorted((s for s in complete if s not in milestones), reverse=True)
+        assert set(normal[: config.keep_last_n]) <= kept
+        for d in plan.to_delete:
+            assert d.step not in milestones and d.step not in normal[: config.keep_last_n]
+            assert newest is not None and d.step < newest
