@@ -34,12 +34,16 @@ autodoc_typehints = "description"
 autodoc_class_signature = "separated"
 autodoc_default_options = {
     "members": True,
+    "undoc-members": True,
     "show-inheritance": True,
 }
 autosummary_generate = False
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = True
+
+# Quotes and ellipses only: "--dtype" in a Click help text must not become an en dash.
+smartquotes_action = "qe"
 
 exclude_patterns = ["_build"]
 templates_path: list[str] = []

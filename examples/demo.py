@@ -5,7 +5,7 @@
 3. resume, and check that every resumed loss equals the reference run's bit for bit;
 4. look at the checkpoints and free space with ``kf-ckpt ls``, ``gc --dry-run`` and ``gc``;
 5. size a long run with ``kf-ckpt plan``;
-6. export the weights with ``kf-ckpt show`` / ``export``, and load them back into the model.
+6. export the weights with ``kf-ckpt export``, and load them back into a model.
 
 Everything is written under ``--out`` (default ``demo-output/``, git-ignored). Running the demo
 again replaces what an earlier demo wrote there, and refuses to touch a directory it did not
@@ -18,6 +18,8 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import shlex
@@ -28,6 +30,8 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import ModuleType
+from typing import TextIO
 
 try:
     from kempnerforge.config import load_config
@@ -97,30 +101,43 @@ def kf_ckpt_path() -> Path:
     return script
 
 
-def train(out: Path, name: str, args: argparse.Namespace, *, kill_at: int | None = None) -> int:
-    """Run examples/train.py in a child process, streaming its output; return its exit status."""
-    cmd = [
-        sys.executable,
-        "-u",
-        str(HERE / "train.py"),
-        "--config",
-        str(JOB),
-        "--set",
-        f"checkpoint.dir={out / name}",
-        "--steps",
-        str(args.steps),
-        "--losses",
-        str(out / "losses" / f"{name}{'-killed' if kill_at else ''}.jsonl"),
-    ]
+def train_argv(out: Path, name: str, args: argparse.Namespace, kill_at: int | None) -> list[str]:
+    losses = out / "losses" / f"{name}{'-killed' if kill_at else ''}.jsonl"
+    argv = ["--config", str(JOB), "--set", f"checkpoint.dir={out / name}"]
+    argv += ["--steps", str(args.steps), "--losses", str(losses)]
     for override in args.overrides:
-        cmd += ["--set", override]
+        argv += ["--set", override]
     if kill_at is not None:
-        cmd += ["--kill-at", str(kill_at)]
+        argv += ["--kill-at", str(kill_at)]
+    return argv
+
+
+def train(
+    out: Path,
+    name: str,
+    args: argparse.Namespace,
+    *,
+    kill_at: int | None = None,
+    in_process: bool = False,
+) -> int:
+    """Run examples/train.py, streaming its output indented; return its exit status.
+
+    In a child process by default (a crash must not take the demo down); ``in_process`` runs the
+    same ``main`` here instead, which saves a second start of torch for the reference run.
+    """
     print(
         f"$ python examples/train.py --set checkpoint.dir={shown(out / name)}"
-        + (f" --kill-at {kill_at}" if kill_at else ""),
+        + (f" --kill-at {kill_at}" if kill_at else "")
+        + ("    # same code, run inside the demo's process" if in_process else ""),
         flush=True,
     )
+    argv = train_argv(out, name, args, kill_at)
+    if in_process:
+        example = import_train_example()
+        with contextlib.redirect_stdout(Indented(sys.stdout)):
+            example.main(argv)
+        return 0
+    cmd = [sys.executable, "-u", str(HERE / "train.py"), *argv]
     with subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     ) as proc:
@@ -128,6 +145,34 @@ def train(out: Path, name: str, args: argparse.Namespace, *, kill_at: int | None
         for line in proc.stdout:
             print("    " + line.rstrip("\n"), flush=True)
     return proc.returncode
+
+
+class Indented(io.TextIOBase):
+    """A text stream that indents every line written through it."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.at_line_start = True
+
+    def write(self, text: str) -> int:
+        for piece in text.splitlines(keepends=True):
+            if self.at_line_start:
+                self.stream.write("    ")
+            self.stream.write(piece)
+            self.at_line_start = piece.endswith("\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def import_train_example() -> ModuleType:
+    """``examples/train.py`` as a module (it is a script, not part of the package)."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    import train as example
+
+    return example
 
 
 def kf_ckpt(*argv: str, expect: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[str]:
@@ -182,7 +227,7 @@ def compare_losses(out: Path) -> int:
     first = min(resumed)
     rows = [(s, reference.get(s), resumed[s]) for s in sorted(resumed)]
     equal = sum(ref == loss for _, ref, loss in rows)
-    say(f"The resumed run restarted at step {first} and trained {len(rows)} steps.")
+    say(f"The resumed run picked up after step {first - 1} and trained {first}..{max(resumed)}.")
     shown_rows = rows if len(rows) <= 6 else [*rows[:3], None, *rows[-3:]]
     print("    step  uninterrupted run    resumed run        equal")
     for row in shown_rows:
@@ -208,13 +253,12 @@ def check_export(out: Path, args: argparse.Namespace) -> None:
     import torch
     from safetensors.torch import load_file
 
-    sys.path.insert(0, str(HERE))
-    from train import BATCH, VOCAB, SyntheticTokens, build
-
     from kempnerforge.checkpoint.manager import CheckpointManager
 
+    example = import_train_example()
+
     config = load_config(JOB, [f"checkpoint.dir={out / 'run'}", *args.overrides])
-    model, optimizer, _, _ = build(seed=0, steps=args.steps)
+    model, optimizer, _, _ = example.build(seed=0, steps=args.steps)
     step, _, _ = CheckpointManager(config, model, optimizer).load()
     exported = load_file(out / "export" / "model.safetensors")
     weights = model.state_dict()
@@ -229,21 +273,23 @@ def check_export(out: Path, args: argparse.Namespace) -> None:
     if len(same) != len(weights):
         raise DemoError("some exported tensors differ from the checkpoint")
 
-    fresh, _, _, _ = build(seed=1, steps=args.steps)  # different init: the weights must come in
+    # A differently initialised model: the loss below is only right if the weights came in.
+    fresh, _, _, _ = example.build(seed=1, steps=args.steps)
     fresh.load_state_dict({n: t.float() for n, t in exported.items()})
-    batch = next(SyntheticTokens(seed=0, position=10**6))  # same data, never trained on
+    batch = next(example.SyntheticTokens(seed=0, position=10**6))  # same data, never trained on
     losses = []
     for m in (model, fresh):
         m.eval()
         with torch.no_grad():
             logits = m(batch[:, :-1])
         loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, VOCAB), batch[:, 1:].reshape(-1)
+            logits.reshape(-1, example.VOCAB), batch[:, 1:].reshape(-1)
         )
         losses.append(loss.item())
     say(
         f"A fresh model loaded from the export scores loss {losses[1]:.4f} on a held-out batch "
-        f"of {BATCH} sequences; the fp32 checkpoint scores {losses[0]:.4f} (bf16 rounding only)."
+        f"of {example.BATCH} sequences; the fp32 checkpoint scores {losses[0]:.4f} "
+        "(the difference is bf16 rounding)."
     )
     if abs(losses[0] - losses[1]) > 0.05:
         raise DemoError("the exported model's loss is far from the checkpoint's")
@@ -274,7 +320,7 @@ def run(args: argparse.Namespace) -> None:
         f"train.py trains a tiny transformer on synthetic tokens for {args.steps} steps; "
         f"CheckpointManager saves {saves}.",
     )
-    if train(out, "reference", args) != 0:
+    if train(out, "reference", args, in_process=True) != 0:
         raise DemoError("the reference run failed; see its output above")
 
     heading(
@@ -335,11 +381,11 @@ def run(args: argparse.Namespace) -> None:
 
     heading(
         8,
-        "kf-ckpt show and export",
-        "show lists the model's tensors from the DCP metadata alone; export streams them "
-        "into safetensors (the run's export_dtype, bfloat16) and --verify reads them back.",
+        "kf-ckpt export",
+        "export streams the model part of the newest checkpoint into safetensors, in the run's "
+        f"export_dtype ({config.export_dtype}), without reading the optimizer state; --verify "
+        "reads the output back and compares every tensor (kf-ckpt show lists them instead).",
     )
-    kf_ckpt("show", str(out / "run"))
     kf_ckpt("export", str(out / "run"), "-o", str(out / "export"), "--verify")
 
     heading(

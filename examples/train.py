@@ -19,7 +19,7 @@ import os
 import signal
 import tomllib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,9 @@ from kempnerforge.config import CheckpointConfig, load_config
 VOCAB = 128
 SEQ_LEN = 32
 BATCH = 16
+
+StepHook = Callable[[int, float], None]
+"""Called as ``after_step(step, loss)`` at the end of every training step."""
 
 
 class Block(nn.Module):
@@ -121,12 +124,7 @@ def build(seed: int, steps: int) -> tuple[TinyLM, torch.optim.Optimizer, Any, Sy
 
 
 def train(
-    config: CheckpointConfig,
-    *,
-    steps: int,
-    seed: int = 0,
-    kill_at: int | None = None,
-    losses_path: Path | None = None,
+    config: CheckpointConfig, *, steps: int, seed: int = 0, after_step: StepHook | None = None
 ) -> None:
     """Train to ``steps``, resuming from the newest checkpoint under ``config.dir`` if any."""
     model, optimizer, scheduler, data = build(seed, steps)
@@ -145,31 +143,31 @@ def train(
         optimizer.step()
         scheduler.step()
         tokens_seen += batch[:, :-1].numel()
-        log_loss(losses_path, step, loss.item())
 
         if config.should_save(step):
             # Async mode: returns once the state is copied; the write continues in the background.
             manager.save(step, tokens_seen=tokens_seen, scheduler=scheduler, dataloader=data)
         if step % 50 == 0 or step == steps:
             print(f"step {step:4d}  loss {loss.item():.4f}  tokens {tokens_seen}")
-        if step == kill_at:
-            crash(step)
+        if after_step is not None:
+            after_step(step, loss.item())
 
     manager.wait()  # the last save is durable and `latest` points at it
     print(f"finished at step {steps}; latest checkpoint: {latest_name(config)}")
 
 
-def log_loss(path: Path | None, step: int, loss: float) -> None:
-    """Append one ``{"step", "loss"}`` line; ``repr`` of a float round-trips it exactly."""
-    if path is not None:
-        with path.open("a") as fh:
-            fh.write(json.dumps({"step": step, "loss": loss}) + "\n")
+def demo_hooks(losses: Path | None, kill_at: int | None) -> StepHook:
+    """What ``--losses`` and ``--kill-at`` do after each step (examples/demo.py uses both)."""
 
+    def after_step(step: int, loss: float) -> None:
+        if losses is not None:  # JSON keeps a float's repr, so the demo compares exact values
+            with losses.open("a") as fh:
+                fh.write(json.dumps({"step": step, "loss": loss}) + "\n")
+        if step == kill_at:  # die like a preempted job: no cleanup, a save maybe mid-write
+            print(f"step {step:4d}  simulating a crash: SIGKILL", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
 
-def crash(step: int) -> None:
-    """Die like a preempted job: SIGKILL, no cleanup, a background save possibly mid-write."""
-    print(f"step {step:4d}  simulating a crash: SIGKILL", flush=True)
-    os.kill(os.getpid(), signal.SIGKILL)
+    return after_step
 
 
 def latest_name(config: CheckpointConfig) -> str:
@@ -206,8 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         config,
         steps=steps,
         seed=int(job.get("seed", 0)),
-        kill_at=args.kill_at,
-        losses_path=args.losses,
+        after_step=demo_hooks(args.losses, args.kill_at),
     )
 
 

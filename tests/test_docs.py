@@ -10,18 +10,35 @@ from __future__ import annotations
 
 import dataclasses
 import doctest
+import json
 import re
+import shlex
+import shutil
+import textwrap
 from pathlib import Path
 
 import click
 import pytest
+from click.testing import CliRunner
 
+from kempnerforge.checkpoint.layout import update_latest
 from kempnerforge.cli.main import COMMANDS, cli
-from kempnerforge.config import CheckpointConfig, DynamicCheckpointWindow
+from kempnerforge.config import (
+    CheckpointConfig,
+    DynamicCheckpointWindow,
+    config_to_dict,
+    load_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 GENERATED = DOCS / "reference" / "cli.rst"  # the sphinx-click page: not hand-written prose
+# Pages whose ``kf-ckpt`` console output is re-run against the worked-example root below.
+CHECKED_OUTPUT = [
+    *sorted((DOCS / "concepts").glob("*.rst")),
+    DOCS / "quickstart.rst",
+    *(DOCS / "guides" / f"{name}.rst" for name in ("export", "resume", "custom-window")),
+]
 
 
 def _pages(*, prose_only: bool) -> dict[Path, str]:
@@ -45,12 +62,19 @@ def _mentioned(token: str) -> bool:
 def _commands() -> dict[str, click.Command]:
     ctx = click.Context(cli, info_name="kf-ckpt")
     found = {name: cli.get_command(ctx, name) for name in cli.list_commands(ctx)}
-    assert all(found.values()), f"commands that do not load: {[n for n, c in found.items() if not c]}"
+    assert all(found.values()), (
+        f"commands that do not load: {[n for n, c in found.items() if not c]}"
+    )
     return found  # type: ignore[return-value]
 
 
 def _options() -> list[tuple[str, str]]:
-    pairs = []
+    pairs = [
+        (f"(group) {p.name}", opt)
+        for p in cli.params
+        if isinstance(p, click.Option)
+        for opt in p.opts
+    ]
     for name, command in _commands().items():
         for param in command.params:
             if isinstance(param, click.Option) and not param.hidden:
@@ -60,7 +84,9 @@ def _options() -> list[tuple[str, str]]:
 
 def _config_keys() -> list[str]:
     keys = [f"checkpoint.{f.name}" for f in dataclasses.fields(CheckpointConfig)]
-    keys += [f"checkpoint.dyn_ckpt_window.{f.name}" for f in dataclasses.fields(DynamicCheckpointWindow)]
+    keys += [
+        f"checkpoint.dyn_ckpt_window.{f.name}" for f in dataclasses.fields(DynamicCheckpointWindow)
+    ]
     return keys
 
 
@@ -125,3 +151,69 @@ def test_doctest_examples_in_the_docs_hold(page: Path) -> None:
     result = doctest.testfile(str(page), module_relative=False, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0
     assert result.failed == 0, f"{result.failed} doctest example(s) fail in {page}"
+
+
+def _console_examples(page: Path) -> list[tuple[list[str], str]]:
+    """``(argv, output)`` of each ``$ kf-ckpt ...`` line shown with its output in ``page``."""
+    found = []
+    text = page.read_text(encoding="utf-8")
+    for block in re.findall(r"\.\. code-block:: console\n\n((?:[ ]{3}.*\n|\n)+)", text):
+        lines = textwrap.dedent(block).rstrip("\n").splitlines()
+        for i, line in enumerate(lines):
+            if not line.startswith("$ kf-ckpt "):
+                continue
+            output = []
+            for rest in lines[i + 1 :]:
+                if rest.startswith("$ "):
+                    break
+                output.append(rest.rstrip())
+            if any(output):
+                found.append((shlex.split(line[2:])[1:], "\n".join(output).rstrip() + "\n"))
+    return found
+
+
+def _worked_example(base: Path) -> None:
+    """The root of the retention worked example: 26 GB checkpoints as sparse files."""
+    (base / "examples").mkdir()
+    shutil.copy(ROOT / "examples" / "job.toml", base / "examples" / "job.toml")
+    config = load_config(base / "examples" / "job.toml")
+    root = base / "runs" / "demo" / "checkpoints"
+    for step in (1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 400, 500, 600, 700, 800):
+        step_dir = root / f"step_{step}"
+        step_dir.mkdir(parents=True)
+        killed = step in (400, 800)  # 400: an abandoned save; 800: the save in flight
+        with open(step_dir / "__0_0.distcp", "wb") as fh:
+            fh.truncate((11 if killed else 26) * 10**9)
+        if not killed:
+            (step_dir / ".metadata").write_bytes(b"dcp")
+        metadata = {
+            "step": step,
+            "tokens_seen": step * 4_194_304,
+            "dynamic_milestone": config.is_dynamic_milestone(step),
+            "checkpoint": config_to_dict(config),
+        }
+        (step_dir / "metadata.json").write_text(json.dumps(metadata))
+    update_latest(root, 700)
+
+
+CONSOLE = [
+    pytest.param(argv, output, id=f"{page.stem}: kf-ckpt {' '.join(argv)}")
+    for page in CHECKED_OUTPUT
+    for argv, output in _console_examples(page)
+]
+
+
+def test_the_docs_show_console_output() -> None:
+    assert len(CONSOLE) >= 2, "the retention page shows real gc and plan output"
+
+
+@pytest.mark.parametrize(("argv", "expected"), CONSOLE)
+def test_console_output_in_the_docs_is_real(
+    argv: list[str], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _worked_example(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, argv, prog_name="kf-ckpt")
+    assert result.exit_code == 0, result.output
+    shown = "\n".join(line.rstrip() for line in result.stdout.splitlines()) + "\n"
+    assert shown == expected

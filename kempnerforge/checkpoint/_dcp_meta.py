@@ -154,6 +154,9 @@ def plan_model_part(step_dir: Path) -> ModelPart:
     Raises:
         CorruptCheckpointError: a ``.metadata`` file cannot be read.
     """
+    step = parse_step(step_dir.name)
+    if step is None:
+        raise CorruptCheckpointError(f"{step_dir} is not a step_<N> checkpoint directory")
     stages: list[tuple[int | None, Path]] = list(pp_stage_dirs(step_dir)) or [(None, step_dir)]
     tensors: dict[str, TensorEntry] = {}
     notes: list[str] = []
@@ -195,9 +198,6 @@ def plan_model_part(step_dir: Path) -> ModelPart:
                 dtype=dtype,
                 size_bytes=_size_bytes(shape, dtype),
             )
-    step = parse_step(step_dir.name)
-    if step is None:
-        raise CorruptCheckpointError(f"{step_dir} is not a step_<N> checkpoint directory")
     tokens_seen = (read_metadata_json(step_dir).data or {}).get("tokens_seen")
     return ModelPart(
         step_dir=step_dir,

@@ -47,7 +47,7 @@ __all__ = [
     "write_metadata",
 ]
 
-logger = logging.getLogger("kempnerforge.checkpoint.manager")
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _REPLACE_LOCK_WAIT_S = 30.0  # only when a save must move an old directory of its step aside

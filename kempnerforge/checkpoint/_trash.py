@@ -63,14 +63,18 @@ def clear_trash(trash_fd: int) -> tuple[int, list[str]]:
     return removed, problems
 
 
-def remove_tree(parent_fd: int, name: str) -> None:
+def remove_tree(parent_fd: int, name: str, *, is_dir: bool = False) -> None:
     """Remove ``name`` (file, symlink or directory tree) from the directory open as ``parent_fd``.
 
-    Never follows a symlink. An entry that is already gone counts as removed.
+    Never follows a symlink. An entry that is already gone counts as removed. ``is_dir`` skips
+    the first ``unlink`` attempt when the caller knows ``name`` is a directory.
 
     Raises:
         OSError: something could not be removed (what is left stays inside this tree).
     """
+    if is_dir:
+        _remove_dir(parent_fd, name)
+        return
     try:
         _unlink(parent_fd, name)
     except IsADirectoryError:

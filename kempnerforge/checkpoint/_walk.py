@@ -1,9 +1,10 @@
-"""One ``os.scandir`` walk of a checkpoint directory: size, file count, newest mtime, markers.
+"""One walk of a checkpoint directory: size, file count, newest mtime, completeness markers.
 
 This is the hot loop of :func:`kempnerforge.checkpoint.catalog.scan` (thousands of checkpoints,
-tens of files each), so it stats every entry exactly once and does little else per entry.
-Symlinks are counted (their own ``lstat`` size) and never followed: only entries whose directory
-type says "real directory" are descended into.
+tens of files each): one listing per directory and one ``lstat`` per entry, relative to an open
+directory descriptor, and little else. Symlinks are counted (their own ``lstat`` size) and never
+followed: only entries whose ``lstat`` says "directory" are descended into, and each is opened
+with ``O_NOFOLLOW``.
 """
 
 from __future__ import annotations

@@ -19,8 +19,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,8 +213,9 @@ class CheckpointGroups:
         """Every rank learns whether any rank failed, and all raise together (none hangs).
 
         Raises:
-            The local ``error`` itself when it is a toolkit error or a TypeError, else
-            CheckpointSaveError (also on the ranks where nothing failed).
+            KempnerForgeError: this rank's own ``error`` of that kind, re-raised as is.
+            TypeError: likewise (state that a safe load would reject).
+            CheckpointSaveError: any other failure, here or on another rank.
         """
         failed = error is not None
         if self.fence_group is not None:
@@ -229,6 +232,14 @@ class CheckpointGroups:
             raise CheckpointSaveError(
                 f"{what} failed on another rank (see its log); 'latest' not moved"
             )
+
+    @contextlib.contextmanager
+    def quiet_single_process(self) -> Iterator[None]:
+        """Silence DCP's "assuming a single process" warning when that is indeed the intent."""
+        with warnings.catch_warnings():
+            if not self.distributed:
+                warnings.filterwarnings("ignore", message="torch.distributed is .*uninitialized")
+            yield
 
     def all_max(self, value: int) -> int:
         """The largest ``value`` over all ranks."""

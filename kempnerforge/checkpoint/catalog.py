@@ -135,8 +135,9 @@ def check_root(root: str | Path) -> Path:
 def scan(root: str | Path) -> Catalog:
     """List the checkpoints under ``root`` with completeness, metadata, size and file count.
 
-    One ``os.scandir`` walk per checkpoint that stats every entry once and descends only into
-    real directories, never through a symlink; ``metadata.json`` is read once. A checkpoint
+    One walk per checkpoint that lists each directory once, stats every entry once and
+    descends only into real directories, never through a symlink; ``metadata.json`` is read
+    once. A checkpoint
     removed while the scan runs (by a concurrent gc) is left out.
 
     Raises:

@@ -11,7 +11,8 @@ Deleting one victim:
    directly inside the root, and is still not the ``latest`` target; otherwise it is skipped;
 2. rename it into ``<root>/.kf-trash/`` (atomic); the root directory is fsync'ed once all
    victims are moved, so the removal is durable before any file is unlinked;
-3. remove it from the trash without following any symlink (see :mod:`._trash`).
+3. remove it from the trash with ``unlinkat``/``rmdir`` relative to directories opened with
+   ``O_NOFOLLOW``: a symlink is unlinked, never followed.
 
 A run killed at any point leaves every ``step_<N>`` in the root either untouched or gone, and
 the next run first finishes whatever is left in the trash.
@@ -49,6 +50,9 @@ __all__ = [
     "collect_garbage",
     "hold_lock",
 ]
+
+
+_VANISHED = "vanished"  # _recheck's verdict for a victim that is already gone
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,7 +177,7 @@ def _apply_locked(plan: RetentionPlan) -> ApplyResult:
                 warnings += _sync(root_fd, trash_fd)  # renames durable before any file goes
             for decision, trash_name in moved:
                 try:
-                    remove_tree(trash_fd, trash_name)
+                    remove_tree(trash_fd, trash_name, is_dir=True)  # re-checked: a directory
                     progress.deleted.append(decision)
                 except (OSError, RecursionError) as exc:
                     why = describe_error(exc)
@@ -207,7 +211,7 @@ def _move_to_trash(
     for decision in victims:
         name = step_dir_name(decision.step)
         refusal = _recheck(root_fd, root, name, decision)
-        if refusal == "vanished":
+        if refusal is _VANISHED:
             progress.vanished.append(decision)
             continue
         if refusal is not None:
@@ -231,13 +235,13 @@ def _move_to_trash(
 
 
 def _recheck(root_fd: int, root: Path, name: str, decision: Decision) -> str | None:
-    """Why ``decision``'s victim must not be deleted now; ``"vanished"``; or None to go ahead."""
+    """Why ``decision``'s victim must not be deleted now, ``_VANISHED``, or None to go ahead."""
     if decision.path != root / name:
         return f"{decision.path} is not the directory {name} directly inside {root}"
     try:
         st = os.lstat(name, dir_fd=root_fd)
     except FileNotFoundError:
-        return "vanished"
+        return _VANISHED
     if stat.S_ISLNK(st.st_mode):
         return f"{name} is now a symlink; symlinks are never followed or deleted"
     if not stat.S_ISDIR(st.st_mode):

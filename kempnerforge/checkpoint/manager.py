@@ -20,10 +20,8 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import warnings
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -51,20 +49,19 @@ from kempnerforge.checkpoint.async_save import AsyncCheckpointer, CheckpointGrou
 from kempnerforge.checkpoint.layout import TRAIN_STATE, step_dir_name
 from kempnerforge.checkpoint.state import (
     capture_rng_state,
+    check_frozen,
+    excluded_parts,
     load_train_state,
     restore_rng_state,
     save_train_state,
     select_rank_state,
 )
 from kempnerforge.config.checkpoint import AsyncCheckpointMode, CheckpointConfig
-from kempnerforge.errors import CheckpointSaveError, ConfigError
+from kempnerforge.errors import CheckpointSaveError
 
-__all__ = ["FORMAT_VERSION", "LOADABLE_KEYS", "CheckpointManager", "Stateful"]
+__all__ = ["CheckpointManager", "Stateful"]
 
 logger = logging.getLogger(__name__)
-
-LOADABLE_KEYS = ("model", "optimizer", "scheduler", "dataloader", "rng")
-"""The parts ``exclude_keys`` / ``checkpoint.exclude_from_loading`` may name."""
 
 
 class Stateful(Protocol):
@@ -156,7 +153,7 @@ class CheckpointManager:
             self._groups.fence(error, f"staging step {step}")
             return step_dir
         try:
-            with self._quiet_single_process():
+            with self._groups.quiet_single_process():
                 dcp.save(state, checkpoint_id=str(target), process_group=self._groups.dcp_group)
         except (Exception, CheckpointException) as exc:  # DCP's is a BaseException
             error = exc
@@ -203,10 +200,10 @@ class CheckpointManager:
     ) -> tuple[int, int, dict[str, Any]]:
         """Resume from ``path``, else ``config.load_path``, else ``<dir>/latest``.
 
-        ``exclude_keys`` (default ``config.exclude_from_loading``) names parts of
-        :data:`LOADABLE_KEYS` not to restore. Without ``dataloader``, its state is kept for
-        :meth:`apply_dataloader_state`. Returns ``(step, tokens_seen, extra)``, or ``(0, 0, {})``
-        when there is no checkpoint at all.
+        ``exclude_keys`` (default ``config.exclude_from_loading``) names parts not to restore:
+        ``model``, ``optimizer``, ``scheduler``, ``dataloader``, ``rng``. Without ``dataloader``,
+        its state is kept for :meth:`apply_dataloader_state`. Returns ``(step, tokens_seen,
+        extra)``, or ``(0, 0, {})`` when there is no checkpoint at all.
 
         Raises:
             CheckpointNotFoundError: ``path`` or ``config.load_path`` does not exist.
@@ -214,14 +211,18 @@ class CheckpointManager:
             PermissionError: its ``train_state.pt`` belongs to another user.
             ConfigError: an unknown exclude key, or frozen parameters that differ from the save.
         """
-        excluded = self._excluded(exclude_keys)
+        excluded = excluded_parts(
+            self.config.exclude_from_loading if exclude_keys is None else exclude_keys
+        )
         self.flush_pending_save()
         step_dir = self._resolve_on_rank0(path)
         if step_dir is None:
             logger.info("no checkpoint under %s; starting from step 0", self.root)
             return 0, 0, {}
         train_state = load_train_state(step_dir / TRAIN_STATE)
-        partial = self._check_frozen(train_state.get("frozen_params"))
+        partial = check_frozen(
+            train_state.get("frozen_params"), self._frozen(), self.config.ignore_freeze_mismatch
+        )
         self._load_tensors(self._tree(step_dir), excluded, partial)
         if scheduler is not None and "scheduler" not in excluded and train_state.get("scheduler"):
             scheduler.load_state_dict(train_state["scheduler"])
@@ -259,15 +260,6 @@ class CheckpointManager:
         if self.optimizer is not None and "optimizer" not in excluded:
             state["optimizer"] = get_optimizer_state_dict(self.model, self.optimizer)
         return state
-
-    @contextlib.contextmanager
-    def _quiet_single_process(self) -> Iterator[None]:
-        # Without torch.distributed DCP warns on every call that it assumes one process: that is
-        # exactly the intent here, so the warning is noise in a single-GPU run's log.
-        with warnings.catch_warnings():
-            if not self._groups.distributed:
-                warnings.filterwarnings("ignore", message="torch.distributed is .*uninitialized")
-            yield
 
     def _frozen(self) -> list[str]:
         return sorted(name for name, p in self.model.named_parameters() if not p.requires_grad)
@@ -313,7 +305,7 @@ class CheckpointManager:
         state = self._state_dict(excluded)
         if not state:
             return
-        with self._quiet_single_process():
+        with self._groups.quiet_single_process():
             dcp.load(
                 state,
                 checkpoint_id=str(tree),
@@ -324,31 +316,6 @@ class CheckpointManager:
             set_model_state_dict(self.model, state["model"])
         if "optimizer" in state and self.optimizer is not None:
             set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
-
-    def _check_frozen(self, saved: list[str] | None) -> bool:
-        """True when the frozen sets differ and ``ignore_freeze_mismatch`` allows a partial load."""
-        current = self._frozen()
-        if saved is None or sorted(saved) == current:
-            return False
-        if not self.config.ignore_freeze_mismatch:
-            diff = sorted(set(saved) ^ set(current))
-            raise ConfigError(
-                f"the checkpoint and the model disagree on which parameters are frozen "
-                f"({', '.join(diff[:5])}{', ...' if len(diff) > 5 else ''}); set "
-                f"checkpoint.ignore_freeze_mismatch=true to load what matches"
-            )
-        logger.warning("frozen parameters differ from the checkpoint; loading what matches")
-        return True
-
-    def _excluded(self, exclude_keys: list[str] | None) -> set[str]:
-        keys = self.config.exclude_from_loading if exclude_keys is None else exclude_keys
-        unknown = [key for key in keys if key not in LOADABLE_KEYS]
-        if unknown:
-            raise ConfigError(
-                f"cannot exclude {unknown[0]!r} from loading; "
-                f"valid keys: {', '.join(LOADABLE_KEYS)}"
-            )
-        return set(keys)
 
     def _resolve_on_rank0(self, path: str | Path | None) -> Path | None:
         """Rank 0's resolution, or its error, on every rank: all ranks load the same step."""

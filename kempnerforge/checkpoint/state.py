@@ -28,12 +28,15 @@ import numpy as np
 import torch
 
 from kempnerforge.checkpoint.layout import write_bytes_atomic
-from kempnerforge.errors import CorruptCheckpointError
+from kempnerforge.errors import ConfigError, CorruptCheckpointError
 
 __all__ = [
+    "LOADABLE_KEYS",
     "NUMPY_ALLOWLIST",
     "InsecureFileWarning",
     "capture_rng_state",
+    "check_frozen",
+    "excluded_parts",
     "load_train_state",
     "restore_rng_state",
     "save_train_state",
@@ -41,6 +44,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+LOADABLE_KEYS = ("model", "optimizer", "scheduler", "dataloader", "rng")
+"""The parts of a checkpoint a resume can skip (``exclude_keys``, ``exclude_from_loading``)."""
 
 
 class InsecureFileWarning(UserWarning):
@@ -53,7 +59,7 @@ def _numpy_allowlist() -> list[Any]:
     except ImportError:  # numpy 1.x
         from numpy.core import multiarray  # type: ignore[no-redef]
 
-    # Numeric dtypes only: an object-dtype array is a way to smuggle arbitrary objects in.
+    # Numeric dtype classes only: what RNG states and plain numeric arrays need, nothing more.
     numeric = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32)
     numeric += (np.uint64, np.float16, np.float32, np.float64)
     return [
@@ -144,15 +150,18 @@ def load_train_state(path: Path) -> dict[str, Any]:
     """Read a ``train_state.pt`` without executing anything stored in it.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
         PermissionError: ``path`` is a symlink, not a regular file, or owned by another user;
             checked on the open file before a byte is unpickled.
-        CorruptCheckpointError: the file is damaged or holds objects outside the allowlist.
+        CorruptCheckpointError: the file is missing, damaged, or holds objects outside the
+            allowlist.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise
+    except FileNotFoundError as exc:
+        raise CorruptCheckpointError(
+            f"{path} is missing: the checkpoint is damaged or was not written by KempnerForge; "
+            f"resume from another one"
+        ) from exc
     except OSError as exc:
         if path.is_symlink():
             raise PermissionError(
@@ -232,3 +241,36 @@ def select_rank_state(train_state: dict[str, Any], rank: int, world_size: int) -
             rank,
         )
     return {"rng": train_state.get("rng"), "dataloader": train_state.get("dataloader")}
+
+
+def excluded_parts(keys: list[str]) -> set[str]:
+    """``keys`` as a set, after checking each names one of :data:`LOADABLE_KEYS`.
+
+    Raises:
+        ConfigError: an unknown key (a typo must not silently load everything).
+    """
+    unknown = [key for key in keys if key not in LOADABLE_KEYS]
+    if unknown:
+        raise ConfigError(
+            f"cannot exclude {unknown[0]!r} from loading; valid keys: {', '.join(LOADABLE_KEYS)}"
+        )
+    return set(keys)
+
+
+def check_frozen(saved: list[str] | None, current: list[str], ignore_mismatch: bool) -> bool:
+    """Compare frozen parameter names; True when they differ and a partial load is allowed.
+
+    Raises:
+        ConfigError: they differ and ``checkpoint.ignore_freeze_mismatch`` is off.
+    """
+    if saved is None or sorted(saved) == sorted(current):
+        return False
+    if not ignore_mismatch:
+        diff = sorted(set(saved) ^ set(current))
+        raise ConfigError(
+            f"the checkpoint and the model disagree on which parameters are frozen "
+            f"({', '.join(diff[:5])}{', ...' if len(diff) > 5 else ''}); set "
+            f"checkpoint.ignore_freeze_mismatch=true to load what matches"
+        )
+    logger.warning("frozen parameters differ from the checkpoint; loading what matches")
+    return True

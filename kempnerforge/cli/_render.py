@@ -20,7 +20,6 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import click
-from tabulate import tabulate
 
 from kempnerforge.cli._options import human_bytes
 from kempnerforge.config.loader import config_to_dict
@@ -118,12 +117,14 @@ def catalog_warnings(catalog: Catalog) -> list[str]:
     return lines
 
 
-def render_table(
-    rows: list[tuple[Any, ...]], headers: tuple[str, ...], *, right: int = 0
-) -> str:
-    """A plain-text table; the first ``right`` columns (numbers) are right-aligned."""
-    align = ("right",) * right + ("left",) * (len(headers) - right)
-    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True, colalign=align)
+def render_table(rows: list[tuple[Any, ...]], headers: tuple[str, ...], align: str) -> str:
+    """A plain-text table; ``align`` has one letter per column, ``r`` (numbers) or ``l``."""
+    from tabulate import tabulate  # imported here: --json output does not pay for it
+
+    colalign = tuple("right" if a == "r" else "left" for a in align)
+    return tabulate(
+        rows, headers=headers, tablefmt="simple", disable_numparse=True, colalign=colalign
+    )
 
 
 def plural(n: int, noun: str) -> str:
@@ -188,7 +189,7 @@ def ls_table(
         for info, decision, status, milestone in _ls_rows(catalog, plan, selection)
     ]
     headers = ("step", "status", "size", "tokens", "age", "marks", "gc", "why")
-    table = render_table([(r[0], r[1], r[2], r[3], *r[4:]) for r in rows], headers, right=1)
+    table = render_table(rows, headers, "rlrrllll")
     victims = plan.to_delete
     gc_text = (
         f"gc would delete {len(victims)} ({human_bytes(plan.bytes_freed)})"
@@ -276,7 +277,7 @@ def gc_table(result: GcResult) -> str:
         rows.append((d.step, human_bytes(d.size_bytes), action, f"{why}; {note}" if note else why))
     if not rows:
         return f"no checkpoints under {plan.root}; nothing to delete"
-    table = render_table(rows, ("step", "size", "action", "why"), right=2)
+    table = render_table(rows, ("step", "size", "action", "why"), "rrll")
     total, victims = len(plan.decisions), plan.to_delete
     if applied is None:
         summary = (

@@ -88,7 +88,7 @@ def _steps_text(steps: list[int]) -> str:
     """``2000..9000 every 1000`` for three or more evenly spaced steps, else the list."""
     if len(steps) >= 3 and len({b - a for a, b in itertools.pairwise(steps)}) == 1:
         return f"{steps[0]}..{steps[-1]} every {steps[1] - steps[0]}"
-    if len(steps) > 12:
+    if len(steps) > 24:
         return ", ".join([*map(str, steps[:4]), "...", *map(str, steps[-3:])])
     return ", ".join(map(str, steps))
 
@@ -138,7 +138,7 @@ def plan_text(sim: RunSimulation, selection: ConfigSelection) -> str:
         )
         for group in _save_groups(sim.saves)
     ]
-    table = render_table(rows, ("steps", "saves", "kind", "at end", "why"))
+    table = render_table(rows, ("steps", "saves", "kind", "at end", "why"), "lrlll")
     return "\n".join([*lines, "", table])
 
 

@@ -164,8 +164,10 @@ def test_symlinked_train_state_is_refused(tmp_path: Path) -> None:
         load_train_state(link)
 
 
-def test_damaged_file_is_a_clear_error(tmp_path: Path) -> None:
+def test_damaged_or_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "train_state.pt"
+    with pytest.raises(CorruptCheckpointError, match="is missing"):
+        load_train_state(path)
     path.write_bytes(b"not a torch archive")
 
     with pytest.raises(CorruptCheckpointError, match="damaged"):
