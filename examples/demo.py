@@ -103,7 +103,7 @@ def kf_ckpt_path() -> Path:
 
 def train_argv(out: Path, name: str, args: argparse.Namespace, kill_at: int | None) -> list[str]:
     losses = out / "losses" / f"{name}{'-killed' if kill_at else ''}.jsonl"
-    argv = ["--config", str(JOB), "--set", f"checkpoint.dir={out / name}"]
+    argv = ["--config", str(JOB), "--set", f"checkpoint.dir={shown(out / name)}"]
     argv += ["--steps", str(args.steps), "--losses", str(losses)]
     for override in args.overrides:
         argv += ["--set", override]
@@ -289,7 +289,7 @@ def check_export(out: Path, args: argparse.Namespace) -> None:
     say(
         f"A fresh model loaded from the export scores loss {losses[1]:.4f} on a held-out batch "
         f"of {example.BATCH} sequences; the fp32 checkpoint scores {losses[0]:.4f} "
-        "(the difference is bf16 rounding)."
+        "(any difference is bf16 rounding)."
     )
     if abs(losses[0] - losses[1]) > 0.05:
         raise DemoError("the exported model's loss is far from the checkpoint's")
@@ -333,7 +333,7 @@ def run(args: argparse.Namespace) -> None:
     if code != -signal.SIGKILL:
         raise DemoError(f"the run to be killed exited with {code}, not by SIGKILL")
     describe_crash(out / "run")
-    kf_ckpt("ls", str(out / "run"))
+    kf_ckpt("ls", shown(out / "run"))
 
     heading(
         3,
@@ -351,7 +351,7 @@ def run(args: argparse.Namespace) -> None:
         "Every checkpoint with its status, size, marks (latest, milestone) and what gc would "
         "do with it; ls reads the run's config from the checkpoints' metadata.json.",
     )
-    kf_ckpt("ls", str(out / "run"))
+    kf_ckpt("ls", shown(out / "run"))
 
     heading(
         5,
@@ -360,7 +360,7 @@ def run(args: argparse.Namespace) -> None:
         f"(--keep-last-n 1 wins over the run's keep_last_n = {config.keep_last_n}); "
         "nothing is deleted.",
     )
-    kf_ckpt("gc", str(out / "run"), "--keep-last-n", "1", "--dry-run")
+    kf_ckpt("gc", shown(out / "run"), "--keep-last-n", "1", "--dry-run")
 
     heading(
         6,
@@ -368,7 +368,7 @@ def run(args: argparse.Namespace) -> None:
         "The same plan, applied under the root's lock: each victim is renamed into "
         ".kf-trash/ and then removed, so no checkpoint is ever left half-deleted.",
     )
-    kf_ckpt("gc", str(out / "run"), "--keep-last-n", "1")
+    kf_ckpt("gc", shown(out / "run"), "--keep-last-n", "1")
 
     heading(
         7,
@@ -386,7 +386,7 @@ def run(args: argparse.Namespace) -> None:
         f"export_dtype ({config.export_dtype}), without reading the optimizer state; --verify "
         "reads the output back and compares every tensor (kf-ckpt show lists them instead).",
     )
-    kf_ckpt("export", str(out / "run"), "-o", str(out / "export"), "--verify")
+    kf_ckpt("export", shown(out / "run"), "-o", shown(out / "export"), "--verify")
 
     heading(
         9,

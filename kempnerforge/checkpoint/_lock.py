@@ -30,9 +30,13 @@ _POLL_MAX_S = 0.2
 def hold_lock(root: Path, *, wait_lock_s: float = 0.0) -> Iterator[None]:
     """Hold the exclusive lock of ``root`` for the duration of the ``with`` block.
 
-    ``flock(LOCK_EX | LOCK_NB)`` is polled until ``wait_lock_s`` seconds have passed. The lock
-    is per open file, so a second ``hold_lock`` on the same root in the same process is busy
-    too: do not nest them.
+    ``flock(LOCK_EX | LOCK_NB)`` is polled until ``wait_lock_s`` seconds have passed (0: try
+    once; ``math.inf``: wait for as long as it takes). The lock is per open file, so a second
+    ``hold_lock`` on the same root in the same process is busy too: do not nest them.
+
+    Example:
+        >>> with hold_lock(Path("runs/a/ckpt"), wait_lock_s=30):  # doctest: +SKIP
+        ...     replace_a_checkpoint_directory()
 
     Raises:
         LockBusyError: another process still holds the lock after ``wait_lock_s`` seconds.
@@ -56,7 +60,8 @@ def hold_lock(root: Path, *, wait_lock_s: float = 0.0) -> Iterator[None]:
 
 
 def _acquire(fd: int, path: Path, wait_lock_s: float) -> None:
-    deadline = time.monotonic() + max(wait_lock_s, 0.0)
+    # A negative or NaN wait means "do not wait" (NaN would otherwise poll forever).
+    deadline = time.monotonic() + (wait_lock_s if wait_lock_s >= 0 else 0.0)
     delay = _POLL_MIN_S
     while True:
         try:

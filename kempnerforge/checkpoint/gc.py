@@ -140,6 +140,16 @@ def collect_garbage(
 def apply_plan(plan: RetentionPlan, *, wait_lock_s: float = 0.0) -> ApplyResult:
     """Delete the victims of ``plan`` under the root's lock, re-checking each one first.
 
+    A victim that changed since the plan was made (gone, now ``latest``, now a symlink or a
+    file) is reported as vanished or skipped, never deleted blindly.
+
+    Example:
+        >>> plan = plan_retention(scan("runs/a/ckpt"), config)  # doctest: +SKIP
+        >>> print_plan(plan)  # a person looks at it first  # doctest: +SKIP
+        >>> result = apply_plan(plan, wait_lock_s=60)  # doctest: +SKIP
+        >>> result.ok, [d.step for d in result.deleted]  # doctest: +SKIP
+        (True, [100, 200])
+
     Raises:
         CheckpointRootError: the plan's root is missing or not a directory.
         LockBusyError: another process holds the lock after ``wait_lock_s`` seconds.

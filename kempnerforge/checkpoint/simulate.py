@@ -12,7 +12,7 @@ The peak counts the moment a new save exists and retention has not run on it yet
 kept by the previous round plus the new one (with async saves, the one in flight). That is the
 number a disk quota must hold.
 
-Long runs stay fast (``max_steps`` of 10^7 with an interval of 1000 takes milliseconds): save steps
+Long runs stay fast (10^7 steps with an interval of 1000 take well under a second): save steps
 are enumerated from the window and the interval, not by testing every step, and two shortcuts
 skip rounds whose outcome is already known. A stretch of rounds that deletes nothing is checked
 with one plan over the whole stretch (retention that keeps a set keeps each of its prefixes);

@@ -231,7 +231,7 @@ def ls_document(
         "latest": catalog.latest.step,
         "checkpoints": checkpoints,
         "skipped": _skipped_document(catalog),
-        "warnings": list(catalog.warnings),
+        "warnings": catalog_warnings(catalog),
         "count": len(catalog.checkpoints),
         "size_bytes": catalog.total_size_bytes,
         "gc_delete_count": len(plan.to_delete),

@@ -79,8 +79,9 @@ def test_lock_busy_is_a_distinct_error(tmp_path: Path) -> None:
         with pytest.raises(LockBusyError, match=r"\.kf-ckpt\.lock is held by another process") as e:
             collect_garbage(tmp_path, KEEP2)
         assert e.value.exit_code == 75 and f"pid {os.getpid()}" in str(e.value)
-        with pytest.raises(LockBusyError):
-            apply_plan(plan, wait_lock_s=0.05)
+        for wait_s in (0.05, -1.0, float("nan")):
+            with pytest.raises(LockBusyError):
+                apply_plan(plan, wait_lock_s=wait_s)
     assert _steps(tmp_path) == [1, 2, 3]
     assert collect_garbage(tmp_path, KEEP2).applied.deleted[0].step == 1  # type: ignore[union-attr]
 

@@ -155,6 +155,11 @@ def test_a_failed_deletion_exits_1_naming_the_directory_and_the_reason(
     assert check_complete(victim).complete  # whole, not half-deleted
     assert _names(fixed_tree) == sorted([*KEPT, "step_100"])
     assert not (fixed_tree / TRASH_NAME).exists()
+    again = run_cli("gc", str(fixed_tree), "--json")
+    assert again.exit_code == 1
+    doc = json.loads(again.stdout)
+    assert doc["failed"] == [{"step": 100, "path": str(victim), "reason": reason}]
+    assert [d["outcome"] for d in doc["decisions"] if d["step"] == 100] == ["failed"]
 
 
 def test_a_held_lock_exits_75_and_deletes_nothing(run_cli, fixed_tree: Path, tmp_path: Path):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.checkpoint._trees import make_checkpoint
+from tests.checkpoint._trees import make_checkpoint, set_latest
 from tests.cli._tree import JOB_TOML, NOW_S, TOKENS_PER_STEP
 from tests.cli.conftest import run_installed
 
@@ -83,6 +83,9 @@ def test_ls_json_is_one_document_with_the_same_data(run_cli, fixed_tree: Path):
     assert doc["gc_bytes_freed"] == sum(
         c["size_bytes"] for c in doc["checkpoints"] if c["gc_action"] == "delete"
     )
+    assert doc["warnings"] == [
+        line.removeprefix("kf-ckpt: warning: ") for line in SKIPPED_WARNINGS.splitlines()
+    ]
     skipped = {s["name"]: s["toolkit_entry"] for s in doc["skipped"]}
     assert skipped == {"latest": True, "notes.txt": False, "step_best": False}
 
@@ -114,6 +117,26 @@ def test_without_dir_the_defaults_dir_and_its_recorded_config_are_used(run_cli, 
         (100, "delete"),
         (200, "keep"),
     ]
+
+
+def test_hostile_entries_and_corrupt_metadata_are_warnings_not_crashes(run_cli, tmp_path: Path):
+    root = tmp_path / "ckpt"
+    make_checkpoint(root, 100)
+    make_checkpoint(root, 200, metadata="{not json")
+    set_latest(root, "/etc")
+    (root / "step_300").symlink_to("/etc")
+    result = run_cli("ls", "ckpt")
+    assert result.exit_code == 0
+    assert [line.split()[:2] for line in result.stdout.splitlines()[2:4]] == [
+        ["100", "complete"],
+        ["200", "complete"],
+    ]
+    assert result.stderr == (
+        "kf-ckpt: warning: skipped step_300: a symlink named like a checkpoint; never followed\n"
+        "kf-ckpt: warning: latest -> /etc is not a step_<N> dir inside the root; ignored\n"
+        "kf-ckpt: warning: step_200: corrupt metadata.json: Expecting property name enclosed in "
+        "double quotes: line 1 column 2 (char 1)\n"
+    )
 
 
 def test_an_empty_root_lists_nothing(run_cli, tmp_path: Path):

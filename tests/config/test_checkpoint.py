@@ -112,7 +112,7 @@ def test_config_validation(kwargs, message):
     [
         ((-1, 10), "checkpoint.dyn_ckpt_window.start must be >= 0, got -1"),
         ((10, 9), "checkpoint.dyn_ckpt_window.stop must be >= start (10), got 9"),
-        ((0, 10, "fibonacci"), "checkpoint.dyn_ckpt_window.strategy must be a registered strategy ('power2"),
+        ((0, 10, "fibonacci"), "checkpoint.dyn_ckpt_window.strategy must be a registered strategy ("),
         (("0", 10), "checkpoint.dyn_ckpt_window.start must be an integer, got '0'"),
     ],
 )  # fmt: skip
@@ -120,6 +120,12 @@ def test_window_validation(args, message):
     with pytest.raises(ValueError) as excinfo:
         DynamicCheckpointWindow(*args)
     assert message in str(excinfo.value)
+
+
+def test_unknown_strategy_lists_the_registered_ones():
+    with pytest.raises(ValueError) as excinfo:
+        DynamicCheckpointWindow(0, 10, "fibonacci")
+    assert "'power2'" in str(excinfo.value) and "got 'fibonacci'" in str(excinfo.value)
 
 
 def test_async_mode_string_is_coerced():
