@@ -62,7 +62,7 @@ def indent(text: str) -> str:
 
 
 def shown(path: Path) -> str:
-    """``path`` relative to the working directory when that is shorter, for readable commands."""
+    """``path`` relative to the working directory when it lies inside it, for readable commands."""
     try:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
@@ -134,8 +134,12 @@ def train(
     argv = train_argv(out, name, args, kill_at)
     if in_process:
         example = import_train_example()
-        with contextlib.redirect_stdout(Indented(sys.stdout)):
-            example.main(argv)
+        try:
+            with contextlib.redirect_stdout(Indented(sys.stdout)):
+                example.main(argv)
+        except Exception as exc:  # the same failure a child process would report by its status
+            print(f"    {type(exc).__name__}: {exc}", flush=True)
+            return 1
         return 0
     cmd = [sys.executable, "-u", str(HERE / "train.py"), *argv]
     with subprocess.Popen(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import doctest
 import json
+import pkgutil
 import re
 import shlex
 import shutil
@@ -129,6 +130,26 @@ def test_api_reference_covers_the_config_module() -> None:
     text = page.read_text(encoding="utf-8")
     for name in ("AsyncCheckpointMode", "DynamicCheckpointWindow", "CheckpointConfig"):
         assert f".. autoclass:: {name}" in text
+
+
+def test_every_public_module_has_an_api_page() -> None:
+    """Public modules of the library (not the CLI, not ``_private`` ones) are autodoc'ed."""
+    import kempnerforge
+
+    modules = [
+        info.name
+        for info in pkgutil.walk_packages(kempnerforge.__path__, "kempnerforge.")
+        if not info.ispkg
+        and not any(part.startswith("_") for part in info.name.split("."))
+        and not info.name.startswith("kempnerforge.cli")
+    ]
+    assert "kempnerforge.checkpoint.manager" in modules
+    missing = []
+    for name in modules:
+        page = DOCS / "reference" / "api" / f"{name}.rst"
+        if not page.is_file() or name not in page.read_text(encoding="utf-8"):
+            missing.append(name)
+    assert missing == [], "modules without a page under docs/reference/api/"
 
 
 def test_every_page_is_in_a_toctree() -> None:

@@ -7,6 +7,7 @@ resume, :func:`resolve_resume_dir` picks the checkpoint to load.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from datetime import UTC, datetime
@@ -36,6 +37,7 @@ from kempnerforge.errors import (
     CheckpointSaveError,
     KempnerForgeError,
     LockBusyError,
+    RetentionError,
 )
 
 __all__ = [
@@ -63,7 +65,8 @@ def prepare_step_dir(root: Path, step_dir: Path) -> None:
     new one in its place.
 
     Raises:
-        CheckpointSaveError: ``step_dir`` is a file or a symlink, or gc holds the lock too long.
+        CheckpointSaveError: ``step_dir`` is a file or a symlink, gc holds the lock too long,
+            or the old directory cannot be moved aside (``.kf-trash`` is a symlink or a file).
     """
     from kempnerforge.checkpoint.gc import hold_lock
 
@@ -77,14 +80,41 @@ def prepare_step_dir(root: Path, step_dir: Path) -> None:
     logger.warning("%s already exists; replacing it", step_dir)
     try:
         with hold_lock(root, wait_lock_s=_REPLACE_LOCK_WAIT_S):
-            trash = root / TRASH_NAME
-            trash.mkdir(exist_ok=True)
-            os.rename(step_dir, trash / f"{step_dir.name}.replaced.{os.urandom(6).hex()}")
-            fsync_dir(root)
+            _move_aside(root, step_dir)
             step_dir.mkdir()
     except LockBusyError as exc:
         raise CheckpointSaveError(
             f"cannot replace the existing {step_dir}: {exc}; retry once that gc is done"
+        ) from exc
+
+
+def _move_aside(root: Path, step_dir: Path) -> None:
+    """Rename ``step_dir`` into the root's trash, through descriptors: no symlink is followed.
+
+    A ``.kf-trash`` that is a symlink (out of the root, say) or a file is refused, as gc
+    refuses it, and ``step_dir`` stays where it is.
+    """
+    from kempnerforge.checkpoint._trash import move_to_trash, open_trash
+
+    trash_name = f"{step_dir.name}.replaced.{os.urandom(6).hex()}"
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    try:
+        with contextlib.ExitStack() as fds:
+            root_fd = os.open(root, flags)
+            fds.callback(os.close, root_fd)
+            parent_fd = os.open(step_dir.parent, flags)
+            fds.callback(os.close, parent_fd)
+            trash_fd = open_trash(root_fd, create=True)
+            if trash_fd is None:
+                raise RetentionError(f"{TRASH_NAME} vanished right after it was created")
+            fds.callback(os.close, trash_fd)
+            move_to_trash(parent_fd, step_dir.name, trash_fd, trash_name)
+            with contextlib.suppress(OSError):
+                os.fsync(root_fd)
+    except (OSError, RetentionError) as exc:
+        raise CheckpointSaveError(
+            f"cannot move the existing {step_dir} aside into {root / TRASH_NAME}: {exc}; "
+            "move or remove it by hand"
         ) from exc
 
 

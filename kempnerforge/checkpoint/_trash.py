@@ -19,7 +19,14 @@ import stat
 from kempnerforge.checkpoint.layout import TRASH_NAME
 from kempnerforge.errors import RetentionError
 
-__all__ = ["clear_trash", "describe_error", "grant_owner", "open_trash", "remove_tree"]
+__all__ = [
+    "clear_trash",
+    "describe_error",
+    "grant_owner",
+    "move_to_trash",
+    "open_trash",
+    "remove_tree",
+]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -49,6 +56,24 @@ def open_trash(root_fd: int, *, create: bool) -> int | None:
                 f"file); gc moves nothing until it is removed: rm {TRASH_NAME}"
             ) from exc
         raise RetentionError(f"cannot open {TRASH_NAME}: {exc.strerror}") from exc
+
+
+def move_to_trash(parent_fd: int, name: str, trash_fd: int, trash_name: str) -> None:
+    """Rename ``name`` of the directory open as ``parent_fd`` to ``trash_name`` in the trash.
+
+    Both ends are open directory descriptors (see :func:`open_trash`), so no symlink on either
+    path is followed. A directory the process owns without its own ``w`` bit gets ``u+rwx``
+    first: moving a directory to another parent rewrites its ``..`` entry.
+
+    Raises:
+        OSError: the rename failed (``FileNotFoundError`` when ``name`` is already gone).
+    """
+    try:
+        os.rename(name, trash_name, src_dir_fd=parent_fd, dst_dir_fd=trash_fd)
+    except PermissionError:
+        if not grant_owner(parent_fd, name):
+            raise
+        os.rename(name, trash_name, src_dir_fd=parent_fd, dst_dir_fd=trash_fd)
 
 
 def clear_trash(trash_fd: int) -> tuple[int, list[str]]:

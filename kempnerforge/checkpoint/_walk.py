@@ -5,6 +5,11 @@ tens of files each): one listing per directory and one ``lstat`` per entry, rela
 directory descriptor, and little else. Symlinks are counted (their own ``lstat`` size) and never
 followed: only entries whose ``lstat`` says "directory" are descended into, and each is opened
 with ``O_NOFOLLOW``.
+
+The walk also records the stamps the scan cache validates against (see
+:mod:`kempnerforge.checkpoint._scan_cache`): the ``(dev, ino, mtime_ns, ctime_ns)`` of every
+directory and of ``metadata.json``, each taken *before* the directory is listed or the file is
+read, so any later change shows up as a different stamp.
 """
 
 from __future__ import annotations
@@ -13,9 +18,19 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from kempnerforge.checkpoint.layout import DCP_METADATA, parse_pp_stage
+from kempnerforge.checkpoint.layout import DCP_METADATA, METADATA_JSON, parse_pp_stage
 
-__all__ = ["StepWalk", "walk_step_dir"]
+__all__ = ["Stamp", "StepWalk", "stamp_of", "walk_step_dir"]
+
+Stamp = tuple[int, int, int, int]
+"""``(st_dev, st_ino, st_mtime_ns, st_ctime_ns)``: changes whenever an entry is added, removed
+or renamed in a directory, or a file is rewritten; a replacement has another inode or ctime."""
+
+
+def stamp_of(st: os.stat_result) -> Stamp:
+    """The :data:`Stamp` of a stat result."""
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _S_IFMT, _S_IFDIR = 0o170000, stat.S_IFDIR
@@ -39,6 +54,12 @@ class StepWalk:
     """The step directory was removed before it could be listed."""
     warnings: list[str] = field(default_factory=list)
     inodes: set[tuple[int, int]] = field(default_factory=set)
+    dir_stamps: dict[str, Stamp] = field(default_factory=dict)
+    """Relative path of every directory walked (``""``: the step directory) -> its stamp."""
+    metadata_stamp: Stamp | None = None
+    """The stamp of ``metadata.json`` in the step directory (None when there is none)."""
+    marker_via_symlink: bool = False
+    """A ``.metadata`` marker is a symlink: completeness depends on something outside the tree."""
 
 
 def walk_step_dir(parent_fd: int, name: str) -> StepWalk:
@@ -69,6 +90,7 @@ def _descend(parent_fd: int, name: str, rel: str, walk: StepWalk, depth: int) ->
         if depth == 0:
             own = os.fstat(fd)
             walk.size_bytes, walk.mtime_s = own.st_size, own.st_mtime
+            walk.dir_stamps[""] = stamp_of(own)
         listed, has_metadata, subdirs = _list(fd, rel, walk)
         for sub in subdirs:
             if depth >= _MAX_DEPTH:
@@ -92,6 +114,7 @@ def _list(fd: int, rel: str, walk: StepWalk) -> tuple[bool, bool, list[str]]:
     has_metadata = False
     subdirs: list[str] = []
     marker = DCP_METADATA
+    meta_name = None if rel else METADATA_JSON  # only the step directory's own metadata.json
     lstat = os.lstat
     try:
         # listdir + lstat(dir_fd=) is the leanest per-entry loop Python offers: one fstatat each.
@@ -103,7 +126,10 @@ def _list(fd: int, rel: str, walk: StepWalk) -> tuple[bool, bool, list[str]]:
             mode = st.st_mode
             if mode & _S_IFMT == _S_IFDIR:  # lstat: a real directory, never a symlink to one
                 subdirs.append(name)
+                walk.dir_stamps[rel + name] = stamp_of(st)  # taken before it is listed
             else:
+                if name == meta_name:
+                    walk.metadata_stamp = stamp_of(st)  # taken before scan reads it
                 if st.st_nlink > 1:
                     key = (st.st_dev, st.st_ino)
                     if key in walk.inodes:
@@ -112,6 +138,7 @@ def _list(fd: int, rel: str, walk: StepWalk) -> tuple[bool, bool, list[str]]:
                 files += 1
                 if name == marker:
                     has_metadata = _is_file(fd, mode)
+                    walk.marker_via_symlink |= has_metadata and not stat.S_ISREG(mode)
             size += st.st_size
             if st.st_mtime > mtime:
                 mtime = st.st_mtime

@@ -2,7 +2,9 @@
 
 A scan never crashes on one bad entry: anything that is not a checkpoint is listed as skipped
 with the reason, and a checkpoint whose files cannot all be read carries warnings. Nothing is
-followed through a symlink and nothing is modified.
+followed through a symlink, and nothing is modified except the scan cache
+(:mod:`kempnerforge.checkpoint._scan_cache`, ``<root>/.kf-ckpt.cache``): a complete checkpoint
+never changes, so it is walked once and then recognised by the stamps of its directories.
 
 Sizes are apparent sizes (``st_size`` of every entry, the step directory included, hard links
 counted once): the figure ``du -sb`` prints. ``st_blocks * 512`` would be more exact for sparse
@@ -13,12 +15,15 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kempnerforge.checkpoint._walk import walk_step_dir
+from kempnerforge.checkpoint._scan_cache import ScanCache, is_cache_entry
+from kempnerforge.checkpoint._walk import StepWalk, walk_step_dir
 from kempnerforge.checkpoint.layout import (
+    CACHE_NAME,
     LATEST_NAME,
     LOCK_NAME,
     TRASH_NAME,
@@ -51,7 +56,11 @@ class CheckpointInfo:
     size_bytes: int
     file_count: int
     mtime_s: float
-    """Newest modification time of the directory or anything in it (seconds since the epoch)."""
+    """Newest modification time of the directory or anything in it (seconds since the epoch).
+
+    A save in progress keeps it fresh (DCP writes continuously): retention keeps an incomplete
+    checkpoint whose ``mtime_s`` is recent as in flight, see
+    :data:`kempnerforge.checkpoint.retention.IN_FLIGHT_GRACE_S`."""
     warnings: tuple[str, ...] = ()
     scan_error: str | None = None
     """Why completeness could not be judged (the directory or a ``pp*/`` stage is unreadable)."""
@@ -85,6 +94,12 @@ class Catalog:
     warnings: tuple[str, ...] = ()
     trash_entries: int = 0
     """Entries an interrupted gc left in ``.kf-trash`` (the next gc removes them)."""
+    scanned_at_s: float | None = None
+    """When the scan started (``time.time()``); None for a catalog not read from disk.
+
+    Retention measures how long ago an incomplete checkpoint was last written against it."""
+    cache_hits: int = field(default=0, compare=False)
+    """Checkpoints taken from the scan cache instead of being walked (diagnostics only)."""
     _by_step: dict[int, CheckpointInfo] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -132,13 +147,18 @@ def check_root(root: str | Path) -> Path:
     return path
 
 
-def scan(root: str | Path) -> Catalog:
+def scan(root: str | Path, *, use_cache: bool = True) -> Catalog:
     """List the checkpoints under ``root`` with completeness, metadata, size and file count.
 
     One walk per checkpoint that lists each directory once, stats every entry once and
     descends only into real directories, never through a symlink; ``metadata.json`` is read
-    once. A checkpoint
-    removed while the scan runs (by a concurrent gc) is left out.
+    once. A checkpoint removed while the scan runs (by a concurrent gc) is left out.
+
+    With ``use_cache`` (the default), a complete checkpoint that the scan cache recorded and
+    that provably has not changed since (the stamps of its directories and of metadata.json
+    match) is not walked again: a couple of ``lstat`` calls instead of one per file. The cache
+    is then updated when something changed; a root that cannot be written is scanned all the
+    same. ``use_cache=False`` neither reads nor writes it.
 
     Raises:
         CheckpointRootError: ``root`` is missing, not a directory, or cannot be read.
@@ -149,6 +169,7 @@ def scan(root: str | Path) -> Catalog:
         [(500, True, 1900000000), (1000, False, 230000000)]
     """
     path = check_root(root)
+    scanned_at_s = time.time()
     latest = read_latest(path)
     checkpoints: list[CheckpointInfo] = []
     skipped: list[SkippedEntry] = []
@@ -160,16 +181,22 @@ def scan(root: str | Path) -> Catalog:
     except OSError as exc:
         raise CheckpointRootError(f"cannot read checkpoint root {path}: {exc.strerror}") from exc
     try:
+        cache = ScanCache(root_fd, enabled=use_cache)
         for entry in entries:
             step = parse_step(entry.name)
             if step is not None and entry.is_dir(follow_symlinks=False):
-                info = _inspect(root_fd, path / entry.name, step, latest)
+                info = _checkpoint(root_fd, path, entry, step, latest, cache, scanned_at_s)
                 if info is not None:
                     checkpoints.append(info)
                 continue
+            if is_cache_entry(entry.name):
+                if entry.name != CACHE_NAME:
+                    cache.note_temp(entry.name)
+                continue  # the toolkit's own; never reported
             if entry.name == TRASH_NAME and entry.is_dir(follow_symlinks=False):
                 trash_entries = _count_entries(path / TRASH_NAME)
             skipped.append(_skipped(entry, path, step, latest, trash_entries))
+        cache.save()
     finally:
         os.close(root_fd)
     warnings = [latest.warning] if latest.warning else []
@@ -187,6 +214,8 @@ def scan(root: str | Path) -> Catalog:
         latest=latest,
         warnings=tuple(warnings),
         trash_entries=trash_entries,
+        scanned_at_s=scanned_at_s,
+        cache_hits=cache.hits,
     )
 
 
@@ -224,11 +253,29 @@ def _count_entries(path: Path) -> int:
         return 0
 
 
-def _inspect(root_fd: int, path: Path, step: int, latest: LatestLink) -> CheckpointInfo | None:
-    """Walk one step directory; None when it vanished while the scan looked at it."""
-    walk = walk_step_dir(root_fd, path.name)
-    if walk.vanished:
-        return None
+def _checkpoint(
+    root_fd: int,
+    root: Path,
+    entry: os.DirEntry[str],
+    step: int,
+    latest: LatestLink,
+    cache: ScanCache,
+    scanned_at_s: float,
+) -> CheckpointInfo | None:
+    """One step directory, from the cache or walked; None when it vanished meanwhile."""
+    path = root / entry.name
+    fields = cache.lookup(entry)
+    if fields is None:
+        walk = walk_step_dir(root_fd, entry.name)
+        if walk.vanished:
+            return None
+        fields = _inspect(root_fd, path, step, walk)
+        cache.remember(entry.name, walk, fields, scanned_at_s=scanned_at_s)
+    return CheckpointInfo(step=step, path=path, is_latest=latest.step == step, **fields)
+
+
+def _inspect(root_fd: int, path: Path, step: int, walk: StepWalk) -> dict[str, Any]:
+    """The ``CheckpointInfo`` fields a walk of ``path`` and its metadata.json give."""
     meta = read_metadata_json(path.name, dir_fd=root_fd)
     data = meta.data or {}
     warnings = [*walk.warnings, *([meta.warning] if meta.warning else [])]
@@ -241,21 +288,18 @@ def _inspect(root_fd: int, path: Path, step: int, latest: LatestLink) -> Checkpo
         stages={k: bool(ok) for k, ok in walk.stages.items()},
         pp_stages=pp_stages_of(data),
     )
-    return CheckpointInfo(
-        step=step,
-        path=path,
-        complete=status.complete and scan_error is None,
-        incomplete_reason=scan_error or status.reason,
-        is_latest=latest.step == step,
-        tokens_seen=_recorded_int(data, "tokens_seen", warnings),
-        dynamic_milestone=_recorded_flag(data, warnings),
-        recorded_config=_recorded_config(data, warnings),
-        size_bytes=walk.size_bytes,
-        file_count=walk.file_count,
-        mtime_s=walk.mtime_s,
-        warnings=tuple(warnings + _step_mismatch(data, step)),
-        scan_error=scan_error,
-    )
+    return {
+        "complete": status.complete and scan_error is None,
+        "incomplete_reason": scan_error or status.reason,
+        "tokens_seen": _recorded_int(data, "tokens_seen", warnings),
+        "dynamic_milestone": _recorded_flag(data, warnings),
+        "recorded_config": _recorded_config(data, warnings),
+        "size_bytes": walk.size_bytes,
+        "file_count": walk.file_count,
+        "mtime_s": walk.mtime_s,
+        "warnings": tuple(warnings + _step_mismatch(data, step)),
+        "scan_error": scan_error,
+    }
 
 
 def _recorded_int(data: dict[str, Any], key: str, warnings: list[str]) -> int | None:

@@ -31,13 +31,19 @@ from kempnerforge.checkpoint._lock import hold_lock
 from kempnerforge.checkpoint._trash import (
     clear_trash,
     describe_error,
-    grant_owner,
+    move_to_trash,
     open_trash,
     remove_tree,
 )
 from kempnerforge.checkpoint.catalog import Catalog, check_root, scan
-from kempnerforge.checkpoint.layout import TRASH_NAME, read_latest, step_dir_name
-from kempnerforge.checkpoint.retention import Decision, RetentionPlan, plan_retention
+from kempnerforge.checkpoint.layout import (
+    TRASH_NAME,
+    check_complete,
+    read_latest,
+    recorded_pp_stages,
+    step_dir_name,
+)
+from kempnerforge.checkpoint.retention import Decision, Reason, RetentionPlan, plan_retention
 from kempnerforge.config.checkpoint import CheckpointConfig
 from kempnerforge.errors import RetentionError
 
@@ -112,7 +118,10 @@ def collect_garbage(
     """Scan ``root``, plan retention with ``config`` and delete what the plan does not keep.
 
     The lock is taken once and the scan, the plan and the deletions all happen under it. With
-    ``dry_run`` the plan is made without the lock and nothing is deleted.
+    ``dry_run`` the plan is made without the lock and nothing is deleted. The scan may use the
+    scan cache; before deleting, the completeness of the checkpoints the plan keeps in the
+    victims' place is checked on disk, and on any doubt the root is walked in full and planned
+    again. Each victim is re-checked on disk, never from the cache (see :func:`apply_plan`).
 
     Raises:
         CheckpointRootError: ``root`` is missing or not a directory.
@@ -133,8 +142,25 @@ def collect_garbage(
     with hold_lock(path, wait_lock_s=wait_lock_s):
         catalog = scan(path)
         plan = plan_retention(catalog, config)
+        if catalog.cache_hits and plan.to_delete and not _still_complete(plan):
+            catalog = scan(path, use_cache=False)  # the cache was wrong: trust only a full walk
+            plan = plan_retention(catalog, config)
         applied = _apply_locked(plan)
     return GcResult(catalog=catalog, plan=plan, applied=applied)
+
+
+def _still_complete(plan: RetentionPlan) -> bool:
+    """Are the complete checkpoints that let the plan delete others still complete, live?
+
+    The scan may have taken them from its cache; before anything is deleted on their account
+    (the newest complete one and the ``keep_last_n`` window), their markers are checked on disk.
+    """
+    relied = [d for d in plan.to_keep if d.reason is Reason.within_keep_last_n]
+    newest = next((d for d in reversed(plan.decisions) if d.complete), None)
+    relied += [newest] if newest is not None else []
+    return all(
+        check_complete(d.path, pp_stages=recorded_pp_stages(d.path)).complete for d in relied
+    )
 
 
 def apply_plan(plan: RetentionPlan, *, wait_lock_s: float = 0.0) -> ApplyResult:
@@ -231,7 +257,7 @@ def _move_to_trash(
             continue
         trash_name = f"{name}.{secrets.token_hex(6)}"
         try:
-            _rename(root_fd, name, trash_fd, trash_name)
+            move_to_trash(root_fd, name, trash_fd, trash_name)
         except FileNotFoundError:
             progress.vanished.append(decision)
             continue
@@ -259,16 +285,6 @@ def _recheck(root_fd: int, root: Path, name: str, decision: Decision) -> str | N
     if read_latest(root).step == decision.step:
         return f"{name} is now the target of latest"
     return None
-
-
-def _rename(root_fd: int, name: str, trash_fd: int, trash_name: str) -> None:
-    try:
-        os.rename(name, trash_name, src_dir_fd=root_fd, dst_dir_fd=trash_fd)
-    except PermissionError:
-        # Moving a directory to another parent rewrites its "..": it needs its own "w" bit.
-        if not grant_owner(root_fd, name):
-            raise
-        os.rename(name, trash_name, src_dir_fd=root_fd, dst_dir_fd=trash_fd)
 
 
 def _sync(*fds: int) -> list[str]:

@@ -12,6 +12,7 @@ Writers (the manager) and readers (scan, retention, export, the CLI) all go thro
         metadata.json         {"step", "tokens_seen", "dynamic_milestone", "checkpoint": {...}}
       .kf-ckpt.lock           advisory lock held while retention plans and deletes
       .kf-trash/              victims are renamed here before they are removed
+      .kf-ckpt.cache          scan cache: what complete checkpoints hold (they never change)
 
 No torch import here: ``kf-ckpt ls`` and ``gc`` must start fast.
 """
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "CACHE_NAME",
     "DCP_METADATA",
     "LATEST_NAME",
     "LOCK_NAME",
@@ -60,6 +62,8 @@ __all__ = [
 LATEST_NAME = "latest"
 LOCK_NAME = ".kf-ckpt.lock"
 TRASH_NAME = ".kf-trash"
+CACHE_NAME = ".kf-ckpt.cache"
+"""The scan cache of a root (JSON, rewritten atomically by ``scan``; safe to delete by hand)."""
 DCP_METADATA = ".metadata"
 METADATA_JSON = "metadata.json"
 TRAIN_STATE = "train_state.pt"

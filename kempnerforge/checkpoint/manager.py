@@ -5,8 +5,9 @@ A save writes ``<dir>/step_N/`` (or ``step_N/pp{k}/`` per pipeline stage): rank 
 model and optimizer shards and, last, its ``.metadata``, the one completeness marker. Only once
 that marker is durable does rank 0 move ``latest`` and run retention (``checkpoint.gc``; skipped
 for the round when ``kf-ckpt gc`` holds the lock). In the async modes the flush runs in
-the background and that last step happens at the next ``save()``, ``wait()`` or
-``flush_pending_save()``.
+the background: rank 0 moves ``latest`` from the flush thread as soon as the checkpoint is
+complete on disk (so a crash between two saves resumes from the newest durable one), and
+retention runs at the next ``save()``, ``wait()`` or ``flush_pending_save()``.
 
 Example:
     >>> manager = CheckpointManager(config, model, optimizer)  # doctest: +SKIP
@@ -21,7 +22,9 @@ Example:
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Collection
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,7 +49,14 @@ from kempnerforge.checkpoint._manager_fs import (
     write_metadata,
 )
 from kempnerforge.checkpoint.async_save import AsyncCheckpointer, CheckpointGroups
-from kempnerforge.checkpoint.layout import TRAIN_STATE, step_dir_name
+from kempnerforge.checkpoint.layout import (
+    TRAIN_STATE,
+    check_complete,
+    fsync_dir,
+    pp_stage_dirs,
+    step_dir_name,
+    update_latest,
+)
 from kempnerforge.checkpoint.state import (
     capture_rng_state,
     check_frozen,
@@ -104,6 +114,10 @@ class CheckpointManager:
         self.world_size = self._groups.world_size
         self.pp_stages = None if pp_rank is None else self._groups.all_max(pp_rank + 1)
         self._stashed_dataloader: dict[str, Any] | None = None
+        # Guards `latest` between the flush-thread callback and the caller's thread; the newest
+        # step this manager pointed it at (never moved backwards by a late callback).
+        self._latest_lock = threading.Lock()
+        self._latest_step: int | None = None
         self._async: AsyncCheckpointer | None = None
         if config.async_mode is not AsyncCheckpointMode.disabled:
             self._async = AsyncCheckpointer(
@@ -148,6 +162,11 @@ class CheckpointManager:
         if self._async is not None:
             try:
                 self._async.save(state, checkpoint_id=target, step=step)
+                pending = self._async.pending
+                if self.rank == 0 and pending is not None:
+                    pending.future.add_done_callback(
+                        lambda future, step=step: self._advance_latest_early(step, future)
+                    )
             except Exception as exc:
                 error = exc
             self._groups.fence(error, f"staging step {step}")
@@ -299,7 +318,36 @@ class CheckpointManager:
         """All ranks agree that the save succeeded; then rank 0 publishes it and runs retention."""
         self._groups.fence(error, f"saving step {step}")
         if self.rank == 0:
-            publish(self.root, step, self.config, pp_stages=self.pp_stages)
+            with self._latest_lock:
+                publish(self.root, step, self.config, pp_stages=self.pp_stages)
+                self._latest_step = step
+
+    def _advance_latest_early(self, step: int, future: Future[Any]) -> None:
+        """Flush-thread callback on rank 0: point ``latest`` at ``step`` once it is complete.
+
+        DCP's coordinator (rank 0) writes ``.metadata`` before the flush's future completes, so
+        the checkpoint is durable here; moving ``latest`` now, rather than at the next save,
+        means a crash in between resumes from it instead of from the save before. Pipeline
+        stages written by other coordinators may still be running: then ``latest`` waits for
+        :meth:`_finalize`. Never raises (it runs in DCP's thread); never moves ``latest`` back.
+        """
+        if future.cancelled() or future.exception() is not None:
+            return  # surfaced by wait(); latest stays where it is
+        step_dir = self.root / step_dir_name(step)
+        try:
+            with self._latest_lock:
+                if self._latest_step is not None and self._latest_step >= step:
+                    return
+                if not check_complete(step_dir, pp_stages=self.pp_stages).complete:
+                    return
+                for _, stage_dir in pp_stage_dirs(step_dir):
+                    fsync_dir(stage_dir)
+                fsync_dir(step_dir)
+                update_latest(self.root, step)
+                self._latest_step = step
+            logger.info("background save of %s is durable; latest -> %s", step_dir, step_dir.name)
+        except Exception:  # a thread callback must not raise; _finalize retries and reports
+            logger.warning("could not move latest to %s early", step_dir, exc_info=True)
 
     def _load_tensors(self, tree: Path, excluded: set[str], partial: bool) -> None:
         state = self._state_dict(excluded)

@@ -2,10 +2,10 @@
 
 :func:`plan_retention` turns a :class:`~kempnerforge.checkpoint.catalog.Catalog` and a
 :class:`~kempnerforge.config.checkpoint.CheckpointConfig` into a frozen
-:class:`RetentionPlan`. It touches no filesystem and reads no clock, so the same inputs always
-give the same plan; :func:`kempnerforge.checkpoint.gc.apply_plan` executes it. This is the one
-implementation of the rules, used by the CheckpointManager after each save and by ``kf-ckpt
-ls`` / ``kf-ckpt gc``.
+:class:`RetentionPlan`. It touches no filesystem and reads no clock (the time of the scan is
+recorded in the catalog), so the same inputs always give the same plan;
+:func:`kempnerforge.checkpoint.gc.apply_plan` executes it. This is the one implementation of the
+rules, used by the CheckpointManager after each save and by ``kf-ckpt ls`` / ``kf-ckpt gc``.
 
 Kept, in this order of precedence (the first rule that applies is the reason shown):
 
@@ -13,16 +13,17 @@ Kept, in this order of precedence (the first rule that applies is the reason sho
 2. ``milestone``: ``config.is_dynamic_milestone(step)``, or ``"dynamic_milestone": true``
    recorded in its metadata.json (so milestones survive a gc run without the run's config);
    milestones never use up ``keep_last_n`` slots;
-3. ``in_flight``: incomplete and newer than the newest complete checkpoint (a save may still be
-   writing it);
+3. ``in_flight``: incomplete, and either newer than the newest complete checkpoint or written
+   to within :data:`IN_FLIGHT_GRACE_S` of the scan (a save may still be writing it: after a
+   rollback, a run resumed from an older checkpoint saves steps below the newest complete one);
 4. ``unreadable``: completeness could not be judged (an unreadable directory); kept until it can;
 5. ``within_keep_last_n``: one of the newest ``keep_last_n`` complete non-milestone checkpoints;
 6. ``newest_complete``: the newest complete checkpoint is always kept;
 7. ``keep_all``: ``keep_last_n <= 0`` turns deletion off.
 
-Deleted: ``abandoned_incomplete`` (incomplete and older than the newest complete one) and
-``beyond_keep_last_n`` (a complete non-milestone checkpoint older than the newest
-``keep_last_n``).
+Deleted: ``abandoned_incomplete`` (incomplete, older than the newest complete one and not
+written to for :data:`IN_FLIGHT_GRACE_S`) and ``beyond_keep_last_n`` (a complete non-milestone
+checkpoint older than the newest ``keep_last_n``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,24 @@ from pathlib import Path
 from kempnerforge.checkpoint.catalog import Catalog, CheckpointInfo
 from kempnerforge.config.checkpoint import CheckpointConfig
 
-__all__ = ["Action", "Decision", "Reason", "RetentionPlan", "plan_retention"]
+__all__ = [
+    "IN_FLIGHT_GRACE_S",
+    "Action",
+    "Decision",
+    "Reason",
+    "RetentionPlan",
+    "plan_retention",
+]
+
+IN_FLIGHT_GRACE_S = 3600.0
+"""An incomplete checkpoint written to this recently (its newest mtime, measured against the
+time of the scan) is kept as in flight even when it is older than the newest complete one.
+
+Why an hour: DCP writes a save continuously (every shard write moves an mtime), so a save that
+is alive touches its directory every few seconds or minutes; an hour without a single write
+means its writer is gone (killed, preempted) and the directory is abandoned. The window also
+absorbs clock skew between the scanning host and the file server. Override it with
+``plan_retention(..., in_flight_grace_s=...)``."""
 
 
 class Action(StrEnum):
@@ -105,10 +123,23 @@ class RetentionPlan:
         return next((d for d in self.decisions if d.step == step), None)
 
 
-def plan_retention(catalog: Catalog, config: CheckpointConfig) -> RetentionPlan:
+def plan_retention(
+    catalog: Catalog,
+    config: CheckpointConfig,
+    *,
+    in_flight_grace_s: float = IN_FLIGHT_GRACE_S,
+) -> RetentionPlan:
     """Decide, for every checkpoint in ``catalog``, whether to keep or delete it.
 
-    Pure: no filesystem, no clock; deterministic for the same catalog and config.
+    Pure: no filesystem, no clock; deterministic for the same catalog and config. How recently
+    an incomplete checkpoint was written is measured against ``catalog.scanned_at_s`` (the
+    grace rule does not apply to a catalog without one).
+
+    Args:
+        catalog: what :func:`~kempnerforge.checkpoint.catalog.scan` found.
+        config: ``keep_last_n`` and the dynamic milestone window.
+        in_flight_grace_s: keep an incomplete checkpoint whose newest mtime lies at most this
+            many seconds before the scan (see :data:`IN_FLIGHT_GRACE_S`).
 
     Example:
         >>> from kempnerforge.checkpoint.catalog import scan
@@ -129,7 +160,15 @@ def plan_retention(catalog: Catalog, config: CheckpointConfig) -> RetentionPlan:
     rank = {step: i for i, step in enumerate(window, start=1)}
     decisions = []
     for c in checkpoints:
-        action, reason, detail = _decide(c, milestones[c.step], newest, rank, keep_last_n)
+        action, reason, detail = _decide(
+            c,
+            milestones[c.step],
+            newest,
+            rank,
+            keep_last_n,
+            _idle_s(c, catalog.scanned_at_s),
+            in_flight_grace_s,
+        )
         decisions.append(
             Decision(
                 step=c.step,
@@ -154,12 +193,30 @@ def _milestone_source(c: CheckpointInfo, config: CheckpointConfig) -> str:
     return ""
 
 
+def _idle_s(c: CheckpointInfo, scanned_at_s: float | None) -> float | None:
+    """Seconds from the newest write into incomplete ``c`` to the scan; None when unknown."""
+    return None if c.complete or scanned_at_s is None else scanned_at_s - c.mtime_s
+
+
+def _ago(idle_s: float) -> str:
+    """``written 2 min ago``; a write after the scan started (or a skewed clock) is ``0 s``."""
+    if idle_s != idle_s:  # NaN: a corrupt mtime
+        return "written at an unknown time"
+    idle_s = max(idle_s, 0.0)
+    for unit, size_s, below_s in (("s", 1, 120), ("min", 60, 7200), ("h", 3600, 172800)):
+        if idle_s < below_s:
+            return f"written {int(idle_s // size_s)} {unit} ago"
+    return f"written {int(idle_s // 86400)} d ago"
+
+
 def _decide(
     c: CheckpointInfo,
     milestone: str,
     newest: int | None,
     rank: dict[int, int],
     keep_last_n: int,
+    idle_s: float | None,
+    grace_s: float,
 ) -> tuple[Action, Reason, str]:
     keep, delete = Action.keep, Action.delete
     state = "complete" if c.complete else f"incomplete ({c.incomplete_reason})"
@@ -170,6 +227,8 @@ def _decide(
     if not c.complete and (newest is None or c.step > newest):
         after = "no complete checkpoint yet" if newest is None else f"newer than step {newest}"
         return keep, Reason.in_flight, f"{state}, {after}: a save may be writing it"
+    if idle_s is not None and not idle_s > grace_s:  # NaN counts as recent: never judged stale
+        return keep, Reason.in_flight, f"{state}, {_ago(idle_s)}: a save may still be writing it"
     if c.scan_error is not None:
         return keep, Reason.unreadable, f"{c.scan_error}; kept until it can be judged"
     if c.step in rank:

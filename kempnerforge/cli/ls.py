@@ -1,22 +1,35 @@
-"""``kf-ckpt ls``: the checkpoints on disk and what gc would do with each (no torch import)."""
+"""``kf-ckpt ls``: the checkpoints on disk and what gc would do with each (no torch import).
+
+The command, and its view of a catalog and a retention plan: the table and the JSON document.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from kempnerforge.checkpoint.catalog import scan
-from kempnerforge.checkpoint.retention import plan_retention
+from kempnerforge.checkpoint.catalog import Catalog, CheckpointInfo, scan
+from kempnerforge.checkpoint.retention import Decision, Reason, RetentionPlan, plan_retention
+from kempnerforge.checkpoint.selection import ConfigSelection
 from kempnerforge.cli._options import config_options, select_root
 from kempnerforge.cli._render import (
+    FORMAT_VERSION,
     catalog_warnings,
+    config_document,
     echo_json,
     echo_warnings,
-    ls_document,
-    ls_table,
+    human_age,
+    human_bytes,
+    human_count,
     now_s,
+    plural,
+    reason_text,
+    render_table,
+    skipped_document,
 )
 
-__all__ = ["ls"]
+__all__ = ["ls", "ls_document", "ls_table"]
 
 
 @click.command("ls")
@@ -44,3 +57,92 @@ def ls(
         echo_json(ls_document(catalog, plan, selection))
     else:
         click.echo(ls_table(catalog, plan, selection, now_s=now_s()))
+
+
+def _ls_rows(
+    catalog: Catalog, plan: RetentionPlan, selection: ConfigSelection
+) -> list[tuple[CheckpointInfo, Decision | None, str, bool]]:
+    """(checkpoint, decision, status, milestone) oldest first.
+
+    The milestone mark shows the recorded flag or the config's window, the two things retention
+    reads, also where retention keeps the checkpoint for an earlier reason (``latest``).
+    """
+    by_step = {d.step: d for d in plan.decisions}
+    rows = []
+    for info in catalog.checkpoints:
+        decision = by_step.get(info.step)
+        in_flight = decision is not None and decision.reason is Reason.in_flight
+        status = "complete" if info.complete else "in-flight" if in_flight else "incomplete"
+        milestone = info.dynamic_milestone or selection.config.is_dynamic_milestone(info.step)
+        rows.append((info, decision, status, milestone))
+    return rows
+
+
+def ls_table(
+    catalog: Catalog, plan: RetentionPlan, selection: ConfigSelection, *, now_s: float
+) -> str:
+    """The ``kf-ckpt ls`` table and its footer (count, total size, what gc would free)."""
+    if not catalog.checkpoints:
+        return f"no checkpoints under {catalog.root}"
+    rows = [
+        (
+            info.step,
+            status,
+            human_bytes(info.size_bytes),
+            human_count(info.tokens_seen),
+            human_age(now_s - info.mtime_s),
+            ",".join(m for m, on in (("latest", info.is_latest), ("milestone", milestone)) if on),
+            "-" if decision is None else decision.action,
+            "" if decision is None else reason_text(decision.reason, plan.keep_last_n),
+        )
+        for info, decision, status, milestone in _ls_rows(catalog, plan, selection)
+    ]
+    headers = ("step", "status", "size", "tokens", "age", "marks", "gc", "why")
+    table = render_table(rows, headers, "rlrrllll")
+    victims = plan.to_delete
+    gc_text = (
+        f"gc would delete {len(victims)} ({human_bytes(plan.bytes_freed)})"
+        if victims
+        else "gc would delete nothing"
+    )
+    count = plural(len(catalog.checkpoints), "checkpoint")
+    return f"{table}\n\n{count}, {human_bytes(catalog.total_size_bytes)}; {gc_text}"
+
+
+def ls_document(
+    catalog: Catalog, plan: RetentionPlan, selection: ConfigSelection
+) -> dict[str, Any]:
+    """The ``kf-ckpt ls --json`` document (schema in docs/reference/json.rst)."""
+    checkpoints = [
+        {
+            "step": info.step,
+            "path": str(info.path),
+            "status": status,
+            "incomplete_reason": info.incomplete_reason,
+            "latest": info.is_latest,
+            "milestone": milestone,
+            "tokens_seen": info.tokens_seen,
+            "size_bytes": info.size_bytes,
+            "file_count": info.file_count,
+            "mtime_s": info.mtime_s,
+            "gc_action": None if decision is None else str(decision.action),
+            "gc_reason": None if decision is None else str(decision.reason),
+            "gc_detail": None if decision is None else decision.detail,
+            "warnings": list(info.warnings),
+        }
+        for info, decision, status, milestone in _ls_rows(catalog, plan, selection)
+    ]
+    return {
+        "format": "kf-ckpt-ls",
+        "format_version": FORMAT_VERSION,
+        "root": str(catalog.root),
+        "config": config_document(selection),
+        "latest": catalog.latest.step,
+        "checkpoints": checkpoints,
+        "skipped": skipped_document(catalog),
+        "warnings": catalog_warnings(catalog),
+        "count": len(catalog.checkpoints),
+        "size_bytes": catalog.total_size_bytes,
+        "gc_delete_count": len(plan.to_delete),
+        "gc_bytes_freed": plan.bytes_freed,
+    }

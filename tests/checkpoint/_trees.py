@@ -42,6 +42,7 @@ __all__ = [
     "make_checkpoint",
     "make_root",
     "set_latest",
+    "set_mtime",
     "snapshot",
     "tree_listing",
     "unprivileged_dir",
@@ -63,6 +64,7 @@ def make_checkpoint(
     pp_stages: int | None = None,
     metadata: bool | str | bytes = True,
     extra: dict[str, Any] | None = None,
+    mtime_s: float | None = None,
 ) -> Path:
     """Write a synthetic ``<root>/step_<step>/`` and return its path.
 
@@ -75,6 +77,8 @@ def make_checkpoint(
         pp_stages: write ``pp0 .. pp{n-1}/`` stage trees and record ``"pp_stages"``.
         metadata: False writes no metadata.json; a str or bytes is written verbatim (corrupt).
         extra: more keys for metadata.json.
+        mtime_s: set the mtime of the directory and of everything in it (see :func:`set_mtime`):
+            an old save nobody writes to any more, for the in-flight grace rule of retention.
     """
     step_dir = root / step_dir_name(step)
     step_dir.mkdir(parents=True)
@@ -103,7 +107,17 @@ def make_checkpoint(
         (step_dir / METADATA_JSON).write_text(metadata)
     elif isinstance(metadata, bytes):
         (step_dir / METADATA_JSON).write_bytes(metadata)
+    if mtime_s is not None:
+        set_mtime(step_dir, mtime_s)
     return step_dir
+
+
+def set_mtime(path: Path, mtime_s: float) -> None:
+    """Set the access and modification time of ``path`` and everything under it (no follow)."""
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            os.utime(os.path.join(dirpath, name), (mtime_s, mtime_s), follow_symlinks=False)
+    os.utime(path, (mtime_s, mtime_s), follow_symlinks=False)
 
 
 def make_root(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import resource
 import signal
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,8 +53,9 @@ def _train_and_save(root: Path, mode: str, observe: bool) -> None:
         if step % 2 == 0:
             manager.save(step, tokens_seen=step, scheduler=scheduler)
             if observe:
-                # The flush of `step` may even be done already; latest still names the one before.
-                assert _latest_is_complete(root) == (step - 2 or None)
+                # Either the flush of `step` is still running (latest names the save before) or
+                # it is durable and rank 0 already moved latest to it: never an incomplete step.
+                assert _latest_is_complete(root) in {step - 2 or None, step}
     manager.wait()
     assert _latest_is_complete(root) == 6
     manager.close()
@@ -176,3 +178,26 @@ def test_pinned_mode_without_cuda_warns_once(monkeypatch: pytest.MonkeyPatch) ->
     assert first.pinned is False and second.pinned is False
     first.close()
     second.close()
+
+
+def test_latest_moves_as_soon_as_the_flush_is_durable(tmp_path: Path) -> None:
+    """A crash between two async saves resumes from the newest durable one, not the one before."""
+    root = tmp_path / "ckpt"
+    model, optimizer, scheduler = build(0)
+    manager = CheckpointManager(make_config(root, async_mode="async"), model, optimizer)
+    train_step(model, optimizer, scheduler)
+    manager.save(1, tokens_seen=1)
+    pending = manager._async.pending if manager._async else None
+    assert pending is not None
+    pending.future.result()  # the flush is done, but nobody called wait() or save() yet
+    deadline = 600  # polls of 0.1 s: the callback runs right after the future completes
+    while read_latest(root).step != 1 and deadline:
+        deadline -= 1
+        time.sleep(0.1)
+    assert _latest_is_complete(root) == 1
+    # A fresh process would resume from step 1 now (the crash case).
+    fresh_model, fresh_optimizer, _ = build(1)
+    other = CheckpointManager(make_config(root), fresh_model, fresh_optimizer)
+    assert other.load()[0] == 1
+    manager.close()
+    assert _latest_is_complete(root) == 1

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,9 @@ from tests.checkpoint._trees import (
     set_latest,
     unprivileged_dir,
 )
+
+
+OLD_S = 1_600_000_000.0  # an mtime far outside retention's in-flight grace period
 
 
 def _du_bytes(path: Path) -> int:
@@ -188,9 +192,18 @@ def test_missing_root_and_file_root_are_clear_errors(tmp_path: Path) -> None:
 
 
 def test_empty_root(tmp_path: Path) -> None:
+    before_s = time.time()
     catalog = scan(tmp_path)
-    assert catalog == Catalog(root=tmp_path, checkpoints=(), skipped=(), latest=catalog.latest)
+    assert catalog == Catalog(
+        root=tmp_path,
+        checkpoints=(),
+        skipped=(),
+        latest=catalog.latest,
+        scanned_at_s=catalog.scanned_at_s,
+    )
+    assert catalog.scanned_at_s is not None and before_s <= catalog.scanned_at_s <= time.time()
     assert catalog.newest_complete is None and catalog.total_size_bytes == 0
+    assert os.listdir(tmp_path) == []  # nothing to cache: no cache file is written
 
 
 def test_unreadable_entries_as_an_unprivileged_user(tmp_path: Path) -> None:
@@ -202,7 +215,7 @@ def test_unreadable_entries_as_an_unprivileged_user(tmp_path: Path) -> None:
             (root / "step_100").chmod(0o000)  # the whole checkpoint is unreadable
             (root / "step_200" / "__0_0.distcp").chmod(0o000)  # lstat still sizes it
             (root / "step_200" / "metadata.json").chmod(0o000)
-            pp = make_checkpoint(root, 250, pp_stages=2)
+            pp = make_checkpoint(root, 250, pp_stages=2, mtime_s=OLD_S)  # not in flight
             (pp / "pp1").chmod(0o000)
             extra = root / "step_300" / "logs"
             extra.mkdir()

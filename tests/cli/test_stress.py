@@ -31,8 +31,11 @@ from tests.checkpoint._models import assert_bit_equal, build, snapshot, train_st
 from tests.cli.conftest import KF_CKPT
 
 MILESTONES = [1, 2, 4, 8, 16, 32, 64]  # power2 over [0, 64], saved after steps 1..N
-INTERVAL = 2
-LAST_STEP = 130  # 7 milestones + 33 interval saves (66 .. 130) = 40 saves
+# 20 steps between saves outlast an async flush of the tiny model: between the flush and the
+# next save() (which publishes it and runs the manager's retention), the gc loop sees a newer
+# complete checkpoint than `latest` and is the one that deletes -- the race this test is about.
+INTERVAL = 20
+LAST_STEP = 720  # 7 milestones + 33 interval saves (80 .. 720) = 40 saves
 
 # Runs `kf-ckpt gc ROOT` until the stop file appears (at least once), one JSON line per run.
 GC_LOOP = """
@@ -106,7 +109,7 @@ def test_async_training_and_a_gc_loop_never_lose_a_kept_checkpoint(workdir: Path
     finally:
         stop.touch()
         gc_loop.wait(timeout=120)
-    interval_saves = list(range(66, LAST_STEP + 1, INTERVAL))
+    interval_saves = list(range(80, LAST_STEP + 1, INTERVAL))
     assert saved == MILESTONES + interval_saves and len(saved) == 40
 
     runs = [json.loads(line) for line in log.read_text().splitlines()]
