@@ -204,8 +204,8 @@ def describe_crash(root: Path) -> None:
         return
     newer = [(s, check_complete(p).complete) for s, p in list_step_dirs(root) if s > latest]
     text = (
-        f"What the crash left: `latest` -> step_{latest}, the newest checkpoint whose save was "
-        "awaited and published (an async save is published at the next save() or wait())."
+        f"What the crash left: `latest` -> step_{latest}, the newest checkpoint known to be "
+        "complete (an async save is published as soon as its background write has finished)."
     )
     for step, complete in newer:
         state = "finished writing" if complete else "was still being written"

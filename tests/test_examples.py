@@ -64,7 +64,6 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     for command in ("ls", "gc", "plan", "export"):
         assert f"$ kf-ckpt {command} " in done.stdout, command
     assert "simulating a crash: SIGKILL" in done.stdout
-    assert "All 30 resumed losses are bit-for-bit equal" in done.stdout
     assert "29 of 29 exported tensors" in done.stdout
 
     # The losses the demo compared: the resumed run continues the reference run exactly.
@@ -76,7 +75,13 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     }
     reference = {r["step"]: r["loss"] for r in losses["reference"]}
     assert [r["step"] for r in losses["run-killed"]] == list(range(1, 46))
-    assert [r["step"] for r in losses["run"]] == list(range(31, 61))
+    # The kill came 5 steps after the async save of step 40: the resume starts from 40 when
+    # that background write had finished (latest moves as soon as it is durable), else from 30.
+    resumed_from = losses["run"][0]["step"] - 1
+    assert resumed_from in {30, 40}
+    assert [r["step"] for r in losses["run"]] == list(range(resumed_from + 1, 61))
+    resumed = 60 - resumed_from
+    assert f"All {resumed} resumed losses are bit-for-bit equal" in done.stdout
     assert all(reference[r["step"]] == r["loss"] for r in losses["run"])
 
     # What is left on disk: milestones 1, 2, 4, 8 and the newest interval checkpoint

@@ -18,6 +18,12 @@ its stamp. What is never cached:
 * a checkpoint whose newest mtime lies within :data:`RACY_WINDOW_S` of the scan: a change in the
   same timestamp tick as the walk could leave every stamp as it was (git's "racy" entries).
 
+What the stamps cannot see: a file other than metadata.json rewritten in place (the shards of a
+finished save never are; its size would stay as recorded), and directory attributes a network
+file system client serves from a stale attribute cache. Neither can make gc delete the wrong
+thing: :func:`~kempnerforge.checkpoint.gc.collect_garbage` re-checks on disk the completeness of
+the checkpoints it keeps in its victims' place, and every victim itself, before deleting.
+
 Reading and writing never follow a symlink at the cache's path; a cache that is not a regular
 file owned by this user, is corrupt, foreign or over :data:`MAX_CACHE_BYTES` counts as empty. It
 is written (sibling temp file, then ``os.replace``) only when an entry changed, and a failed
@@ -35,7 +41,7 @@ import stat
 import time
 from typing import Any
 
-from kempnerforge.checkpoint._walk import Stamp, StepWalk, stamp_of
+from kempnerforge.checkpoint._walk import StepWalk
 from kempnerforge.checkpoint.layout import CACHE_NAME, METADATA_JSON
 
 __all__ = ["MAX_CACHE_BYTES", "RACY_WINDOW_S", "ScanCache", "is_cache_entry"]
@@ -56,6 +62,14 @@ def is_cache_entry(name: str) -> bool:
     return name == CACHE_NAME or (name.startswith(CACHE_NAME + ".") and name.endswith(_TEMP_SUFFIX))
 
 
+_Entry = list[Any]
+"""One cached checkpoint, positionally (compact to parse): the step directory's stamp, the stamps
+of its subdirectories ``{relative path: stamp}``, metadata.json's stamp (or null), then the
+``CheckpointInfo`` fields ``tokens_seen``, ``dynamic_milestone``, the index of its
+``recorded_config`` in the file's ``configs`` table (or null), ``size_bytes``, ``file_count``,
+``mtime_s`` and ``warnings``. Only complete checkpoints are cached, so ``complete`` is implied."""
+
+
 class ScanCache:
     """The cache of one scan: look entries up, remember new ones, save once at the end.
 
@@ -67,8 +81,8 @@ class ScanCache:
     def __init__(self, root_fd: int, *, enabled: bool = True) -> None:
         self._root_fd = root_fd
         self._enabled = enabled
-        self._loaded: dict[str, Any] = _load(root_fd) if enabled else {}
-        self._fresh: dict[str, Any] = {}
+        self._loaded, self._configs = _load(root_fd) if enabled else ({}, [])
+        self._fresh: dict[str, tuple[_Entry, dict[str, Any] | None]] = {}
         self._changed = False
         self._temps: list[str] = []
         self.hits = 0
@@ -84,12 +98,12 @@ class ScanCache:
             return None
         try:
             st = entry.stat(follow_symlinks=False)
-        except OSError:
-            return None
-        fields = _reusable(self._root_fd, name, st, recorded)
-        if fields is None:
-            return None
-        self._fresh[name] = recorded
+            if not _unchanged(self._root_fd, name, st, recorded):
+                return None
+            fields = _fields(recorded, self._configs)
+        except (OSError, LookupError, TypeError, ValueError, AttributeError):
+            return None  # gone, or a malformed entry: walk it
+        self._fresh[name] = (recorded, fields["recorded_config"])
         self.hits += 1
         return fields
 
@@ -109,11 +123,19 @@ class ScanCache:
         if not cacheable:
             return
         meta = walk.metadata_stamp
-        self._fresh[name] = {
-            "dirs": {rel: list(stamp) for rel, stamp in walk.dir_stamps.items()},
-            "meta": None if meta is None else list(meta),
-            "info": {**fields, "warnings": list(fields["warnings"])},
-        }
+        entry = [
+            list(walk.dir_stamps[""]),
+            {rel: list(stamp) for rel, stamp in walk.dir_stamps.items() if rel},
+            None if meta is None else list(meta),
+            fields["tokens_seen"],
+            fields["dynamic_milestone"],
+            None,  # the config's index, assigned on save
+            fields["size_bytes"],
+            fields["file_count"],
+            fields["mtime_s"],
+            list(fields["warnings"]),
+        ]
+        self._fresh[name] = (entry, fields["recorded_config"])
         self._changed = True
 
     def note_temp(self, name: str) -> None:
@@ -127,8 +149,7 @@ class ScanCache:
         self._remove_stale_temps()
         if not self._changed and len(self._fresh) == len(self._loaded):
             return
-        doc = {"format": _FORMAT, "version": _VERSION, "entries": self._fresh}
-        data = json.dumps(doc, separators=(",", ":")).encode()
+        data = json.dumps(_document(self._fresh), separators=(",", ":")).encode()
         tmp = f"{CACHE_NAME}.{secrets.token_hex(6)}{_TEMP_SUFFIX}"
         try:
             fd = os.open(tmp, _WRITE_FLAGS, 0o644, dir_fd=self._root_fd)
@@ -153,12 +174,29 @@ class ScanCache:
                     os.unlink(name, dir_fd=self._root_fd)
 
 
-def _load(root_fd: int) -> dict[str, Any]:
-    """The entries of the cache file; empty when it is missing, foreign, corrupt or unsafe."""
+def _document(fresh: dict[str, tuple[_Entry, dict[str, Any] | None]]) -> dict[str, Any]:
+    """The cache file's JSON document; each distinct recorded config is stored once."""
+    configs: list[dict[str, Any]] = []
+    index: dict[str, int] = {}
+    entries = {}
+    for name, (entry, config) in fresh.items():
+        ref = None
+        if config is not None:
+            key = json.dumps(config, sort_keys=True)
+            ref = index.setdefault(key, len(configs))
+            if ref == len(configs):
+                configs.append(config)
+        entries[name] = [*entry[:5], ref, *entry[6:]]
+    return {"format": _FORMAT, "version": _VERSION, "configs": configs, "entries": entries}
+
+
+def _load(root_fd: int) -> tuple[dict[str, Any], list[Any]]:
+    """The entries and configs of the cache file; empty when missing, foreign, corrupt or unsafe."""
+    empty: tuple[dict[str, Any], list[Any]] = ({}, [])
     try:
         fd = os.open(CACHE_NAME, _READ_FLAGS, dir_fd=root_fd)
     except OSError:  # missing, a symlink (ELOOP), unreadable
-        return {}
+        return empty
     try:
         st = os.fstat(fd)
         if (
@@ -166,65 +204,43 @@ def _load(root_fd: int) -> dict[str, Any]:
             or st.st_uid != os.geteuid()
             or st.st_size > MAX_CACHE_BYTES
         ):
-            return {}
+            return empty
         chunks, total = [], 0
         while chunk := os.read(fd, 2**20):
             total += len(chunk)
             if total > MAX_CACHE_BYTES:
-                return {}
+                return empty
             chunks.append(chunk)
         doc = json.loads(b"".join(chunks))
     except (OSError, ValueError, RecursionError):
-        return {}
+        return empty
     finally:
         os.close(fd)
     if not isinstance(doc, dict) or doc.get("format") != _FORMAT or doc.get("version") != _VERSION:
-        return {}
-    entries = doc.get("entries")
-    return entries if isinstance(entries, dict) else {}
+        return empty
+    entries, configs = doc.get("entries"), doc.get("configs")
+    if not isinstance(entries, dict) or not isinstance(configs, list):
+        return empty
+    return entries, configs
 
 
-def _reusable(root_fd: int, name: str, st: os.stat_result, entry: Any) -> dict[str, Any] | None:
-    """The fields of ``entry`` when it is well formed and all its stamps match; else None."""
-    try:
-        dirs, meta = entry["dirs"], entry["meta"]
-        if _stamp(dirs[""]) != stamp_of(st):
-            return None
-        for rel, recorded in dirs.items():
-            if rel and (not _safe_rel(rel) or not _matches(root_fd, f"{name}/{rel}", recorded)):
-                return None
-        meta_path = f"{name}/{METADATA_JSON}"
-        if meta is None:
-            if _exists(root_fd, meta_path):
-                return None
-        elif not _matches(root_fd, meta_path, meta):
-            return None
-        return _fields(entry["info"])
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return None
-
-
-def _matches(root_fd: int, path: str, recorded: Any) -> bool:
-    try:
-        return stamp_of(os.lstat(path, dir_fd=root_fd)) == _stamp(recorded)
-    except OSError:
+def _unchanged(root_fd: int, name: str, st: os.stat_result, entry: Any) -> bool:
+    """Do the stamps of ``entry`` still match the step directory ``name`` (lstat ``st``)?"""
+    if entry[0] != [st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]:
         return False
+    for rel, recorded in entry[1].items():
+        if not _safe_rel(rel) or _stamp_at(root_fd, f"{name}/{rel}") != recorded:
+            return False
+    return _stamp_at(root_fd, f"{name}/{METADATA_JSON}") == entry[2]
 
 
-def _exists(root_fd: int, path: str) -> bool:
+def _stamp_at(root_fd: int, path: str) -> list[int] | None:
+    """The stamp of ``path`` (no symlink followed at its end) as a list; None when it is gone."""
     try:
-        os.lstat(path, dir_fd=root_fd)
+        st = os.lstat(path, dir_fd=root_fd)
     except FileNotFoundError:
-        return False
-    except OSError:
-        return True  # cannot tell: do not reuse
-    return True
-
-
-def _stamp(value: Any) -> Stamp:
-    if not isinstance(value, list) or len(value) != 4 or not all(_is_int(v) for v in value):
-        raise ValueError("not a stamp")
-    return (value[0], value[1], value[2], value[3])
+        return None
+    return [st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def _safe_rel(rel: Any) -> bool:
@@ -232,40 +248,35 @@ def _safe_rel(rel: Any) -> bool:
     return isinstance(rel, str) and all(p not in ("", ".", "..") for p in rel.split("/"))
 
 
-def _fields(info: Any) -> dict[str, Any]:
-    """Validate the recorded ``CheckpointInfo`` fields of a complete checkpoint."""
-    tokens, config, warnings = info["tokens_seen"], info["recorded_config"], info["warnings"]
+def _fields(entry: Any, configs: list[Any]) -> dict[str, Any]:
+    """The ``CheckpointInfo`` fields of a well-formed entry; ValueError when it is not."""
+    _, _, _, tokens, milestone, ref, size, files, mtime, warnings = entry
+    if ref is None:
+        config = None
+    elif type(ref) is int and 0 <= ref < len(configs) and type(configs[ref]) is dict:
+        config = configs[ref]  # shared by the checkpoints that recorded the same table
+    else:
+        raise ValueError("bad config reference")
     ok = (
-        info["complete"] is True
-        and info["incomplete_reason"] is None
-        and info["scan_error"] is None
-        and (tokens is None or _is_int(tokens))
-        and isinstance(info["dynamic_milestone"], bool)
-        and (config is None or isinstance(config, dict))
-        and _is_int(info["size_bytes"])
-        and _is_int(info["file_count"])
-        and isinstance(info["mtime_s"], float)
-        and isinstance(warnings, list)
-        and all(isinstance(w, str) for w in warnings)
+        (tokens is None or type(tokens) is int)
+        and type(milestone) is bool
+        and type(size) is int
+        and type(files) is int
+        and type(mtime) is float
+        and type(warnings) is list
+        and (not warnings or all(type(w) is str for w in warnings))
     )
-    if not ok or len(info) != len(_FIELDS):
+    if not ok:
         raise ValueError("malformed cache entry")
-    return {key: info[key] for key in _FIELDS} | {"warnings": tuple(warnings)}
-
-
-_FIELDS = (
-    "complete",
-    "incomplete_reason",
-    "tokens_seen",
-    "dynamic_milestone",
-    "recorded_config",
-    "size_bytes",
-    "file_count",
-    "mtime_s",
-    "warnings",
-    "scan_error",
-)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return {
+        "complete": True,
+        "incomplete_reason": None,
+        "tokens_seen": tokens,
+        "dynamic_milestone": milestone,
+        "recorded_config": config,
+        "size_bytes": size,
+        "file_count": files,
+        "mtime_s": mtime,
+        "warnings": tuple(warnings),
+        "scan_error": None,
+    }

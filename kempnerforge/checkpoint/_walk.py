@@ -1,5 +1,8 @@
 """One walk of a checkpoint directory: size, file count, newest mtime, completeness markers.
 
+:func:`checkpoint_fields` turns a walk and the checkpoint's metadata.json into the fields of a
+:class:`~kempnerforge.checkpoint.catalog.CheckpointInfo`.
+
 This is the hot loop of :func:`kempnerforge.checkpoint.catalog.scan` (thousands of checkpoints,
 tens of files each): one listing per directory and one ``lstat`` per entry, relative to an open
 directory descriptor, and little else. Symlinks are counted (their own ``lstat`` size) and never
@@ -17,10 +20,18 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass, field
+from typing import Any
 
-from kempnerforge.checkpoint.layout import DCP_METADATA, METADATA_JSON, parse_pp_stage
+from kempnerforge.checkpoint.layout import (
+    DCP_METADATA,
+    METADATA_JSON,
+    assess_complete,
+    parse_pp_stage,
+    pp_stages_of,
+    read_metadata_json,
+)
 
-__all__ = ["Stamp", "StepWalk", "stamp_of", "walk_step_dir"]
+__all__ = ["Stamp", "StepWalk", "checkpoint_fields", "stamp_of", "walk_step_dir"]
 
 Stamp = tuple[int, int, int, int]
 """``(st_dev, st_ino, st_mtime_ns, st_ctime_ns)``: changes whenever an entry is added, removed
@@ -160,3 +171,63 @@ def _is_file(dir_fd: int, mode: int) -> bool:
         return stat.S_ISLNK(mode) and stat.S_ISREG(os.stat(DCP_METADATA, dir_fd=dir_fd).st_mode)
     except OSError:
         return False
+
+
+def checkpoint_fields(root_fd: int, name: str, step: int, walk: StepWalk) -> dict[str, Any]:
+    """The ``CheckpointInfo`` fields (all but step, path and is_latest) of step directory
+    ``name`` of the root open as ``root_fd``: what ``walk`` found, plus its metadata.json."""
+    meta = read_metadata_json(name, dir_fd=root_fd)
+    data = meta.data or {}
+    warnings = [*walk.warnings, *([meta.warning] if meta.warning else [])]
+    unreadable = [f"pp{k}/" for k, ok in sorted(walk.stages.items()) if ok is None]
+    scan_error = None
+    if not walk.listed or unreadable:
+        scan_error = "cannot read " + (", ".join(unreadable) if walk.listed else f"{name}/")
+    status = assess_complete(
+        has_dcp_metadata=walk.has_dcp_metadata,
+        stages={k: bool(ok) for k, ok in walk.stages.items()},
+        pp_stages=pp_stages_of(data),
+    )
+    return {
+        "complete": status.complete and scan_error is None,
+        "incomplete_reason": scan_error or status.reason,
+        "tokens_seen": _recorded_int(data, "tokens_seen", warnings),
+        "dynamic_milestone": _recorded_flag(data, warnings),
+        "recorded_config": _recorded_config(data, warnings),
+        "size_bytes": walk.size_bytes,
+        "file_count": walk.file_count,
+        "mtime_s": walk.mtime_s,
+        "warnings": tuple(warnings + _step_mismatch(data, step)),
+        "scan_error": scan_error,
+    }
+
+
+def _recorded_int(data: dict[str, Any], key: str, warnings: list[str]) -> int | None:
+    value = data.get(key)
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    warnings.append(f"metadata.json {key} is not an integer: {value!r}; ignored")
+    return None
+
+
+def _recorded_flag(data: dict[str, Any], warnings: list[str]) -> bool:
+    value = data.get("dynamic_milestone", False)
+    if isinstance(value, bool):
+        return value
+    warnings.append(f"metadata.json dynamic_milestone is not true/false: {value!r}; ignored")
+    return False
+
+
+def _recorded_config(data: dict[str, Any], warnings: list[str]) -> dict[str, Any] | None:
+    value = data.get("checkpoint")
+    if value is None or isinstance(value, dict):
+        return value
+    warnings.append(f"metadata.json checkpoint is not a table: {value!r}; ignored")
+    return None
+
+
+def _step_mismatch(data: dict[str, Any], step: int) -> list[str]:
+    recorded = data.get("step")
+    if recorded is None or recorded == step:
+        return []
+    return [f"metadata.json records step {recorded!r}, the directory is step {step}"]

@@ -21,18 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from kempnerforge.checkpoint._scan_cache import ScanCache, is_cache_entry
-from kempnerforge.checkpoint._walk import StepWalk, walk_step_dir
+from kempnerforge.checkpoint._walk import checkpoint_fields, walk_step_dir
 from kempnerforge.checkpoint.layout import (
     CACHE_NAME,
     LATEST_NAME,
     LOCK_NAME,
     TRASH_NAME,
     LatestLink,
-    assess_complete,
     parse_step,
-    pp_stages_of,
     read_latest,
-    read_metadata_json,
 )
 from kempnerforge.errors import CheckpointRootError
 
@@ -52,7 +49,8 @@ class CheckpointInfo:
     dynamic_milestone: bool
     """``"dynamic_milestone": true`` is recorded in its metadata.json."""
     recorded_config: dict[str, Any] | None
-    """The ``"checkpoint"`` table recorded in its metadata.json."""
+    """The ``"checkpoint"`` table recorded in its metadata.json (read-only: records taken from
+    the scan cache share one dict per distinct table)."""
     size_bytes: int
     file_count: int
     mtime_s: float
@@ -269,65 +267,6 @@ def _checkpoint(
         walk = walk_step_dir(root_fd, entry.name)
         if walk.vanished:
             return None
-        fields = _inspect(root_fd, path, step, walk)
+        fields = checkpoint_fields(root_fd, entry.name, step, walk)
         cache.remember(entry.name, walk, fields, scanned_at_s=scanned_at_s)
     return CheckpointInfo(step=step, path=path, is_latest=latest.step == step, **fields)
-
-
-def _inspect(root_fd: int, path: Path, step: int, walk: StepWalk) -> dict[str, Any]:
-    """The ``CheckpointInfo`` fields a walk of ``path`` and its metadata.json give."""
-    meta = read_metadata_json(path.name, dir_fd=root_fd)
-    data = meta.data or {}
-    warnings = [*walk.warnings, *([meta.warning] if meta.warning else [])]
-    unreadable = [f"pp{k}/" for k, ok in sorted(walk.stages.items()) if ok is None]
-    scan_error = None
-    if not walk.listed or unreadable:
-        scan_error = "cannot read " + (", ".join(unreadable) if walk.listed else f"{path.name}/")
-    status = assess_complete(
-        has_dcp_metadata=walk.has_dcp_metadata,
-        stages={k: bool(ok) for k, ok in walk.stages.items()},
-        pp_stages=pp_stages_of(data),
-    )
-    return {
-        "complete": status.complete and scan_error is None,
-        "incomplete_reason": scan_error or status.reason,
-        "tokens_seen": _recorded_int(data, "tokens_seen", warnings),
-        "dynamic_milestone": _recorded_flag(data, warnings),
-        "recorded_config": _recorded_config(data, warnings),
-        "size_bytes": walk.size_bytes,
-        "file_count": walk.file_count,
-        "mtime_s": walk.mtime_s,
-        "warnings": tuple(warnings + _step_mismatch(data, step)),
-        "scan_error": scan_error,
-    }
-
-
-def _recorded_int(data: dict[str, Any], key: str, warnings: list[str]) -> int | None:
-    value = data.get(key)
-    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
-        return value
-    warnings.append(f"metadata.json {key} is not an integer: {value!r}; ignored")
-    return None
-
-
-def _recorded_flag(data: dict[str, Any], warnings: list[str]) -> bool:
-    value = data.get("dynamic_milestone", False)
-    if isinstance(value, bool):
-        return value
-    warnings.append(f"metadata.json dynamic_milestone is not true/false: {value!r}; ignored")
-    return False
-
-
-def _recorded_config(data: dict[str, Any], warnings: list[str]) -> dict[str, Any] | None:
-    value = data.get("checkpoint")
-    if value is None or isinstance(value, dict):
-        return value
-    warnings.append(f"metadata.json checkpoint is not a table: {value!r}; ignored")
-    return None
-
-
-def _step_mismatch(data: dict[str, Any], step: int) -> list[str]:
-    recorded = data.get("step")
-    if recorded is None or recorded == step:
-        return []
-    return [f"metadata.json records step {recorded!r}, the directory is step {step}"]

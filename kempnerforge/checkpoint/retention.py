@@ -228,7 +228,7 @@ def _decide(
         after = "no complete checkpoint yet" if newest is None else f"newer than step {newest}"
         return keep, Reason.in_flight, f"{state}, {after}: a save may be writing it"
     if idle_s is not None and not idle_s > grace_s:  # NaN counts as recent: never judged stale
-        return keep, Reason.in_flight, f"{state}, {_ago(idle_s)}: a save may still be writing it"
+        return keep, Reason.in_flight, f"{state}, {_ago(idle_s)}; a save may still be writing it"
     if c.scan_error is not None:
         return keep, Reason.unreadable, f"{c.scan_error}; kept until it can be judged"
     if c.step in rank:

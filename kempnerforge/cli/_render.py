@@ -88,13 +88,13 @@ def reason_text(reason: Reason, keep_last_n: int) -> str:
     return {
         "latest": "latest",
         "milestone": "dynamic milestone",
-        "in_flight": "in flight: newer than the newest complete",
+        "in_flight": "in flight: a save may be writing it",
         "unreadable": "unreadable: kept until it can be judged",
         "within_keep_last_n": f"within keep_last_n={keep_last_n}",
         "newest_complete": "newest complete",
         "keep_all": f"keep_last_n={keep_last_n} keeps all",
         "beyond_keep_last_n": f"beyond keep_last_n={keep_last_n}",
-        "abandoned_incomplete": "incomplete, older than the newest complete",
+        "abandoned_incomplete": "abandoned incomplete save",
     }.get(str(reason), str(reason).replace("_", " "))
 
 
@@ -105,8 +105,12 @@ def echo_warnings(lines: Iterable[str]) -> None:
 
 
 def echo_json(document: dict[str, Any]) -> None:
-    """One JSON document on stdout."""
-    click.echo(json.dumps(document, indent=2))
+    """One JSON document on one line of stdout (JSON Lines when appended to a log).
+
+    Compact on purpose: the C encoder writes 2,000 checkpoints in milliseconds, where an
+    indented dump takes a tenth of a second; pipe through ``python -m json.tool`` to read it.
+    """
+    click.echo(json.dumps(document))
 
 
 def catalog_warnings(catalog: Catalog) -> list[str]:

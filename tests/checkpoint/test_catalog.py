@@ -25,7 +25,6 @@ from tests.checkpoint._trees import (
     unprivileged_dir,
 )
 
-
 OLD_S = 1_600_000_000.0  # an mtime far outside retention's in-flight grace period
 
 

@@ -80,7 +80,8 @@ def _check_async_save_of_dtensors(rank: int, out: Path) -> None:
     manager.save(1)
     expected = snapshot(model, optimizer)
     train_step(model, optimizer)  # mutates parameters and moments while the flush runs
-    assert read_latest(root).step is None
+    # The flush may already be durable (then rank 0 has moved latest to it), never partial.
+    assert read_latest(root).step in {None, 1}
     assert manager.flush_pending_save() == 1
     dist.barrier()
     assert read_latest(root).step == 1

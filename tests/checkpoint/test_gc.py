@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from kempnerforge.checkpoint._manager_fs import prepare_step_dir, publish, write_metadata
 from kempnerforge.checkpoint.catalog import scan
 from kempnerforge.checkpoint.gc import ApplyResult, apply_plan, collect_garbage, hold_lock
-from kempnerforge.checkpoint.layout import LOCK_NAME, TRASH_NAME, update_latest
-from kempnerforge.checkpoint.retention import plan_retention
+from kempnerforge.checkpoint.layout import LOCK_NAME, TRASH_NAME, read_latest, update_latest
+from kempnerforge.checkpoint.retention import Reason, plan_retention
 from kempnerforge.config.checkpoint import CheckpointConfig
-from kempnerforge.errors import CheckpointRootError, LockBusyError, RetentionError
+from kempnerforge.errors import (
+    CheckpointRootError,
+    CheckpointSaveError,
+    LockBusyError,
+    RetentionError,
+)
 from tests.checkpoint._trees import (
     as_unprivileged,
     fingerprint,
@@ -27,10 +36,12 @@ from tests.checkpoint._trees import (
     make_root,
     set_latest,
     snapshot,
+    tree_listing,
     unprivileged_dir,
 )
 
 KEEP2 = CheckpointConfig(keep_last_n=2)
+OLD_S = 1_600_000_000.0  # an mtime far outside retention's in-flight grace period
 
 
 def _steps(root: Path) -> list[int]:
@@ -43,7 +54,7 @@ def _script(body: str) -> list[str]:
 
 def test_collect_garbage_deletes_exactly_the_victims(tmp_path: Path) -> None:
     make_root(tmp_path, [100, 200, 300, 400], latest=400, files=3, size=500)
-    make_checkpoint(tmp_path, 150, complete=False)  # abandoned
+    make_checkpoint(tmp_path, 150, complete=False, mtime_s=OLD_S)  # abandoned
     make_checkpoint(tmp_path, 500, complete=False)  # in flight
     before = snapshot(tmp_path)
     result = collect_garbage(tmp_path, KEEP2)
@@ -60,6 +71,49 @@ def test_collect_garbage_deletes_exactly_the_victims(tmp_path: Path) -> None:
     assert [c.step for c in result.catalog.checkpoints] == [100, 150, 200, 300, 400, 500]
     again = collect_garbage(tmp_path, KEEP2).applied
     assert again == ApplyResult()  # nothing left to do
+
+
+def test_rollback_keeps_the_save_in_progress_below_the_newest_complete(tmp_path: Path) -> None:
+    # A run saved up to step_1000, then was resumed from step_500 (checkpoint.load_path): it is
+    # now writing step_600 while step_700 .. step_1000 of the old timeline are complete and
+    # latest still names step_1000. A cron gc runs meanwhile, several times.
+    make_root(tmp_path, range(100, 1100, 100), latest=1000, mtime_s=OLD_S)
+    shutil.rmtree(tmp_path / "step_600")  # the rolled-back run writes its own step_600
+    make_checkpoint(tmp_path, 550, complete=False, mtime_s=OLD_S)  # killed long ago: abandoned
+    config = CheckpointConfig(keep_last_n=2)
+    step_dir = tmp_path / "step_600"
+    prepare_step_dir(tmp_path, step_dir)
+    write_metadata(step_dir, step=600, tokens_seen=6, config=config, world_size=1, pp_stages=None)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer() -> None:  # DCP writing shards, one after the other
+        try:
+            for i in itertools.count():
+                if stop.is_set():
+                    return
+                (step_dir / f"__{i}_0.distcp").write_bytes(b"shard" * 100)
+                time.sleep(0.002)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        results = [collect_garbage(tmp_path, config) for _ in range(3)]
+    finally:
+        stop.set()
+        thread.join()
+    assert errors == []  # the writer never lost its directory
+    for result in results:
+        decision = result.plan.decision_for(600)
+        assert decision is not None and decision.reason is Reason.in_flight
+        assert "ago; a save may still be writing it" in decision.detail
+    assert [d.step for d in results[0].applied.deleted] == [100, 200, 300, 400, 500, 550, 700, 800]  # type: ignore[union-attr]
+    assert _steps(tmp_path) == [600, 900, 1000]
+    (step_dir / ".metadata").write_bytes(b"dcp-metadata")  # the save finishes
+    publish(tmp_path, 600, config, pp_stages=None)
+    assert read_latest(tmp_path).step == 600 and _steps(tmp_path) == [600, 900, 1000]
 
 
 def test_dry_run_plans_without_lock_and_deletes_nothing(tmp_path: Path) -> None:
@@ -202,6 +256,21 @@ def test_trash_that_is_a_symlink_stops_gc(tmp_path: Path) -> None:
     with pytest.raises(RetentionError, match="not a real directory"):
         collect_garbage(root, KEEP2)
     assert fingerprint(outside) == before and _steps(root) == [1, 2, 3]
+
+
+def test_a_save_replacing_its_step_dir_refuses_a_symlinked_trash(tmp_path: Path) -> None:
+    outside = make_root(tmp_path / "outside", [9])
+    root = make_root(tmp_path / "root", [1, 2], latest=2)
+    os.symlink(outside, root / TRASH_NAME)
+    before, old = fingerprint(outside), snapshot(root)["step_2"]
+    with pytest.raises(CheckpointSaveError, match="not a real directory"):
+        prepare_step_dir(root, root / "step_2")  # a save of step 2 again
+    assert fingerprint(outside) == before and snapshot(root)["step_2"] == old
+    (root / TRASH_NAME).unlink()
+    prepare_step_dir(root, root / "step_2")  # with a real trash, the old dir is moved aside
+    assert list((root / "step_2").iterdir()) == []
+    (moved,) = (root / TRASH_NAME).iterdir()
+    assert moved.name.startswith("step_2.replaced.") and tree_listing(moved) == old
 
 
 def test_lock_file_that_is_a_symlink_stops_gc(tmp_path: Path) -> None:

@@ -10,10 +10,17 @@ import pytest
 
 from kempnerforge.checkpoint.catalog import Catalog, CheckpointInfo, SkippedEntry
 from kempnerforge.checkpoint.layout import LatestLink
-from kempnerforge.checkpoint.retention import Action, Reason, RetentionPlan, plan_retention
+from kempnerforge.checkpoint.retention import (
+    IN_FLIGHT_GRACE_S,
+    Action,
+    Reason,
+    RetentionPlan,
+    plan_retention,
+)
 from kempnerforge.config.checkpoint import CheckpointConfig, DynamicCheckpointWindow
 
 ROOT = Path("/nonexistent/ckpt")  # plans never touch the filesystem
+NOW_S = 2_000_000_000.0  # the scan time of the catalogs that record one
 K, D = Action.keep, Action.delete
 
 
@@ -25,6 +32,7 @@ def info(
     scan_error: str | None = None,
     latest: bool = False,
     size_bytes: int = 100,
+    mtime_s: float | None = None,
 ) -> CheckpointInfo:
     return CheckpointInfo(
         step=step,
@@ -39,18 +47,23 @@ def info(
         recorded_config=None,
         size_bytes=size_bytes,
         file_count=3,
-        mtime_s=1.0e9 + step,
+        mtime_s=1.0e9 + step if mtime_s is None else mtime_s,
         scan_error=scan_error,
     )
 
 
-def catalog(*infos: CheckpointInfo, skipped: tuple[SkippedEntry, ...] = ()) -> Catalog:
+def catalog(
+    *infos: CheckpointInfo,
+    skipped: tuple[SkippedEntry, ...] = (),
+    scanned_at_s: float | None = None,
+) -> Catalog:
     latest = next((i.step for i in infos if i.is_latest), None)
     return Catalog(
         root=ROOT,
         checkpoints=tuple(sorted(infos, key=lambda i: i.step)),
         skipped=skipped,
         latest=LatestLink(step=latest, target=None if latest is None else f"step_{latest}"),
+        scanned_at_s=scanned_at_s,
     )
 
 
@@ -277,6 +290,100 @@ def test_retention_table(case: Case) -> None:
     assert plan.keep_last_n == case.keep_last_n
 
 
+@dataclass(frozen=True)
+class GraceCase:
+    """An incomplete step_600 below the newest complete step_1000, last written ``idle_s`` ago."""
+
+    id: str
+    idle_s: float | None
+    """Seconds between its newest mtime and the scan; None: a catalog without a scan time."""
+    expected: Reason
+    detail: str
+    grace_s: float | None = None
+    """``in_flight_grace_s`` passed to plan_retention (None: the default)."""
+
+
+GRACE_CASES = [
+    GraceCase("written-2-min-ago", 120.0, Reason.in_flight, "written 2 min ago; a save may still"),
+    GraceCase("written-5-s-ago", 5.0, Reason.in_flight, "written 5 s ago"),
+    GraceCase("exactly-at-the-grace-boundary", 3600.0, Reason.in_flight, "written 60 min ago"),
+    GraceCase(
+        "just-past-the-grace-boundary", 3600.5, Reason.abandoned_incomplete, "older than step 1000"
+    ),
+    GraceCase(
+        "written-3-days-ago", 3 * 86400.0, Reason.abandoned_incomplete, "older than step 1000"
+    ),
+    GraceCase("mtime-after-the-scan-started", -30.0, Reason.in_flight, "written 0 s ago"),
+    GraceCase("unknown-mtime-never-judged-stale", float("nan"), Reason.in_flight, "unknown time"),
+    GraceCase(
+        "catalog-without-scan-time", None, Reason.abandoned_incomplete, "older than step 1000"
+    ),
+    GraceCase(
+        "override-shorter-grace", 120.0, Reason.abandoned_incomplete, "older than", grace_s=60.0
+    ),
+    GraceCase("override-at-its-boundary", 60.0, Reason.in_flight, "written 60 s ago", grace_s=60.0),
+    GraceCase(
+        "override-longer-grace", 5 * 3600.0, Reason.in_flight, "written 5 h ago", grace_s=86400.0
+    ),
+    GraceCase("grace-zero-only-now", 0.0, Reason.in_flight, "written 0 s ago", grace_s=0.0),
+    GraceCase("grace-zero-a-moment-later", 0.25, Reason.abandoned_incomplete, "older", grace_s=0.0),
+]
+
+
+@pytest.mark.parametrize("case", GRACE_CASES, ids=[c.id for c in GRACE_CASES])
+def test_in_flight_grace_table(case: GraceCase) -> None:
+    # A rollback: the run resumed from step_500 (latest) and is saving step_600, while
+    # step_700 .. step_1000 of the abandoned timeline are complete.
+    idle_s = 0.0 if case.idle_s is None else case.idle_s
+    cat = catalog(
+        info(500, latest=True),
+        info(600, complete=False, mtime_s=NOW_S - idle_s),
+        *_c([700, 800, 900, 1000]),
+        scanned_at_s=None if case.idle_s is None else NOW_S,
+    )
+    config = CheckpointConfig(keep_last_n=2)
+    kwargs = {} if case.grace_s is None else {"in_flight_grace_s": case.grace_s}
+    plan = plan_retention(cat, config, **kwargs)
+    decision = plan.decision_for(600)
+    assert decision is not None and decision.reason is case.expected
+    assert decision.action is (Action.keep if case.expected is Reason.in_flight else Action.delete)
+    assert case.detail in decision.detail
+    assert decision.detail.startswith("incomplete (no .metadata), ")
+    others = {d.step: d.reason for d in plan.decisions if d.step != 600}
+    assert others == {
+        500: Reason.latest,
+        700: Reason.beyond_keep_last_n,
+        800: Reason.beyond_keep_last_n,
+        900: Reason.within_keep_last_n,
+        1000: Reason.within_keep_last_n,
+    }
+
+
+def test_grace_applies_only_to_incomplete_checkpoints_and_keeps_others_rules() -> None:
+    recent = NOW_S - 10
+    cat = catalog(
+        info(100, mtime_s=recent),  # complete and recent: retention treats it as any complete
+        info(200, complete=False, mtime_s=recent),
+        info(300, complete=False, mtime_s=NOW_S - 2 * IN_FLIGHT_GRACE_S, scan_error="cannot read"),
+        info(400, complete=False, mtime_s=recent, milestone=True),
+        info(500),
+        info(600, complete=False, mtime_s=NOW_S - 10 * IN_FLIGHT_GRACE_S),  # newer than 500
+        scanned_at_s=NOW_S,
+    )
+    got = {d.step: d.reason for d in plan_retention(cat, CheckpointConfig(keep_last_n=1)).decisions}
+    assert got == {
+        100: Reason.beyond_keep_last_n,
+        200: Reason.in_flight,
+        300: Reason.unreadable,
+        400: Reason.milestone,
+        500: Reason.within_keep_last_n,
+        600: Reason.in_flight,
+    }
+    keep_all = plan_retention(cat, CheckpointConfig(keep_last_n=0))
+    assert keep_all.decision_for(200).reason is Reason.in_flight  # type: ignore[union-attr]
+    assert "newer than step 500" in keep_all.decision_for(600).detail  # type: ignore[union-attr]
+
+
 def test_plan_totals_and_views() -> None:
     cat = catalog(info(1, size_bytes=10), info(2, size_bytes=20), info(3, size_bytes=40))
     plan = plan_retention(cat, CheckpointConfig(keep_last_n=1))
@@ -321,6 +428,7 @@ def test_random_catalogs_keep_the_invariants(seed: int) -> None:
             milestone=rng.random() < 0.1,
             scan_error="cannot read" if rng.random() < 0.05 else None,
             latest=s == latest,
+            mtime_s=NOW_S - rng.choice([0, 30, 3599, 3600, 3601, 86400]),
         )
         for s in steps
     ]
@@ -328,8 +436,11 @@ def test_random_catalogs_keep_the_invariants(seed: int) -> None:
         keep_last_n=keep_last_n,
         dyn_ckpt_window=DynamicCheckpointWindow(*window) if window else None,
     )
-    plan = plan_retention(catalog(*infos), config)
+    grace_s = rng.choice([IN_FLIGHT_GRACE_S, 60.0])
+    plan = plan_retention(catalog(*infos, scanned_at_s=NOW_S), config, in_flight_grace_s=grace_s)
     _check_invariants(plan, infos, config)
+    recent = {i.step for i in infos if not i.complete and NOW_S - i.mtime_s <= grace_s}
+    assert recent <= {d.step for d in plan.to_keep}
 
 
 def _check_invariants(

@@ -9,35 +9,35 @@ from pathlib import Path
 import pytest
 
 from kempnerforge.checkpoint.gc import hold_lock
-from kempnerforge.checkpoint.layout import LOCK_NAME, TRASH_NAME, check_complete
+from kempnerforge.checkpoint.layout import CACHE_NAME, LOCK_NAME, TRASH_NAME, check_complete
 from tests.checkpoint._trees import snapshot
 from tests.cli.conftest import run_installed
 from tests.cli.test_ls import SKIPPED_WARNINGS
 
 DRY_RUN = """\
   step    size  action        why
-------  ------  ------------  ------------------------------------------
+------  ------  ------------  -----------------------------------
      2  1.5 MB  keep          dynamic milestone
    100  3.0 MB  would delete  beyond keep_last_n=2
    200  3.0 MB  would delete  beyond keep_last_n=2
-   300  1.2 MB  would delete  incomplete, older than the newest complete
+   300  1.2 MB  would delete  abandoned incomplete save
    400  3.0 MB  keep          within keep_last_n=2
    500  3.0 MB  keep          latest
-   600  1.2 MB  keep          in flight: newer than the newest complete
+   600  1.2 MB  keep          in flight: a save may be writing it
 
 dry run: would delete 3 of 7 checkpoints, freeing 7.2 MB; nothing was deleted
 """
 
 GC = """\
   step    size  action    why
-------  ------  --------  ------------------------------------------
+------  ------  --------  -----------------------------------
      2  1.5 MB  keep      dynamic milestone
    100  3.0 MB  deleted   beyond keep_last_n=2
    200  3.0 MB  deleted   beyond keep_last_n=2
-   300  1.2 MB  deleted   incomplete, older than the newest complete
+   300  1.2 MB  deleted   abandoned incomplete save
    400  3.0 MB  keep      within keep_last_n=2
    500  3.0 MB  keep      latest
-   600  1.2 MB  keep      in flight: newer than the newest complete
+   600  1.2 MB  keep      in flight: a save may be writing it
 
 deleted 3 of 7 checkpoints, freed 7.2 MB
 """
@@ -48,30 +48,31 @@ GC_FAILED = """\
      2  1.5 MB  keep      dynamic milestone
    100  3.0 MB  FAILED    beyond keep_last_n=2; cannot move it: Operation not permitted (step_100); untouched
    200  3.0 MB  deleted   beyond keep_last_n=2
-   300  1.2 MB  deleted   incomplete, older than the newest complete
+   300  1.2 MB  deleted   abandoned incomplete save
    400  3.0 MB  keep      within keep_last_n=2
    500  3.0 MB  keep      latest
-   600  1.2 MB  keep      in flight: newer than the newest complete
+   600  1.2 MB  keep      in flight: a save may be writing it
 
 deleted 2 of 7 checkpoints, freed 4.2 MB; 1 failed
 """
 
 GC_AGAIN = """\
   step    size  action    why
-------  ------  --------  -----------------------------------------
+------  ------  --------  -----------------------------------
      2  1.5 MB  keep      dynamic milestone
    400  3.0 MB  keep      within keep_last_n=2
    500  3.0 MB  keep      latest
-   600  1.2 MB  keep      in flight: newer than the newest complete
+   600  1.2 MB  keep      in flight: a save may be writing it
 
 nothing to delete; kept 4 checkpoints
 """
 
-KEPT = [LOCK_NAME, "latest", "notes.txt", "step_2", "step_400", "step_500", "step_600", "step_best"]
+KEPT = ["latest", "notes.txt", "step_2", "step_400", "step_500", "step_600", "step_best"]
 
 
 def _names(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir())
+    """The entries of ``root`` other than the toolkit's lock and scan cache."""
+    return sorted(p.name for p in root.iterdir() if p.name not in (LOCK_NAME, CACHE_NAME))
 
 
 def test_dry_run_prints_the_plan_and_deletes_nothing(run_cli, fixed_tree: Path):

@@ -9,20 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.checkpoint._trees import make_checkpoint, set_latest
+from tests.checkpoint._trees import make_checkpoint, set_latest, snapshot
 from tests.cli._tree import JOB_TOML, NOW_S, TOKENS_PER_STEP
 from tests.cli.conftest import run_installed
 
 LS_TABLE = """\
   step  status        size    tokens  age        marks      gc      why
-------  ----------  ------  --------  ---------  ---------  ------  ------------------------------------------
+------  ----------  ------  --------  ---------  ---------  ------  -----------------------------------
      2  complete    1.5 MB      4.2M  4 d ago    milestone  keep    dynamic milestone
    100  complete    3.0 MB    209.7M  2 d ago               delete  beyond keep_last_n=2
    200  complete    3.0 MB    419.4M  30 h ago              delete  beyond keep_last_n=2
-   300  incomplete  1.2 MB    629.1M  20 h ago              delete  incomplete, older than the newest complete
+   300  incomplete  1.2 MB    629.1M  20 h ago              delete  abandoned incomplete save
    400  complete    3.0 MB    838.9M  5 h ago               keep    within keep_last_n=2
    500  complete    3.0 MB      1.0B  2 h ago    latest     keep    latest
-   600  in-flight   1.2 MB      1.3B  1 min ago             keep    in flight: newer than the newest complete
+   600  in-flight   1.2 MB      1.3B  1 min ago             keep    in flight: a save may be writing it
 
 7 checkpoints, 15.9 MB; gc would delete 3 (7.2 MB)
 """
@@ -41,9 +41,9 @@ def test_ls_prints_the_table_oldest_first_and_warnings_on_stderr(run_cli, fixed_
 
 
 def test_ls_deletes_nothing(run_cli, fixed_tree: Path):
-    before = sorted(p.name for p in fixed_tree.iterdir())
+    before = snapshot(fixed_tree)
     run_cli("ls", str(fixed_tree))
-    assert sorted(p.name for p in fixed_tree.iterdir()) == before
+    assert snapshot(fixed_tree) == before
 
 
 def test_ls_json_is_one_document_with_the_same_data(run_cli, fixed_tree: Path):

@@ -31,9 +31,9 @@ from tests.checkpoint._models import assert_bit_equal, build, snapshot, train_st
 from tests.cli.conftest import KF_CKPT
 
 MILESTONES = [1, 2, 4, 8, 16, 32, 64]  # power2 over [0, 64], saved after steps 1..N
-# 20 steps between saves outlast an async flush of the tiny model: between the flush and the
-# next save() (which publishes it and runs the manager's retention), the gc loop sees a newer
-# complete checkpoint than `latest` and is the one that deletes -- the race this test is about.
+# 20 steps between saves outlast an async flush of the tiny model, so the gc loop often runs
+# after a save is complete and before the manager's own retention round at the next save(): then
+# gc, not the manager, deletes the checkpoint that fell out of keep_last_n -- the race under test.
 INTERVAL = 20
 LAST_STEP = 720  # 7 milestones + 33 interval saves (80 .. 720) = 40 saves
 
