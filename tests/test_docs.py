@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 import doctest
 import json
+import os
 import pkgutil
 import re
 import shlex
 import shutil
 import textwrap
+import time
 from pathlib import Path
 
 import click
@@ -23,6 +25,7 @@ import pytest
 from click.testing import CliRunner
 
 from kempnerforge.checkpoint.layout import update_latest
+from kempnerforge.checkpoint.retention import IN_FLIGHT_GRACE_S
 from kempnerforge.cli.main import COMMANDS, cli
 from kempnerforge.config import (
     CheckpointConfig,
@@ -214,6 +217,10 @@ def _worked_example(base: Path) -> None:
             "checkpoint": config_to_dict(config),
         }
         (step_dir / "metadata.json").write_text(json.dumps(metadata))
+    # step_400 was killed hours ago: idle past IN_FLIGHT_GRACE_S, so retention calls it abandoned.
+    idle_s = time.time() - IN_FLIGHT_GRACE_S - 2 * 3600
+    for path in (*(root / "step_400").iterdir(), root / "step_400"):
+        os.utime(path, (idle_s, idle_s), follow_symlinks=False)
     update_latest(root, 700)
 
 

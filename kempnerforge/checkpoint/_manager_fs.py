@@ -42,9 +42,11 @@ from kempnerforge.errors import (
 
 __all__ = [
     "FORMAT_VERSION",
+    "point_latest",
     "prepare_step_dir",
     "publish",
     "resolve_resume_dir",
+    "run_retention",
     "saved_step",
     "write_metadata",
 ]
@@ -145,8 +147,15 @@ def write_metadata(
 def publish(root: Path, step: int, config: CheckpointConfig, *, pp_stages: int | None) -> None:
     """Point ``latest`` at a finished save once it is durable, then run a retention round.
 
-    Retention never blocks or fails the run: when ``kf-ckpt gc`` holds the lock the round is
-    skipped (the next save retries), and a failed deletion is logged.
+    Raises:
+        CheckpointSaveError: the save is not complete on disk; ``latest`` is left alone.
+    """
+    point_latest(root, step, pp_stages=pp_stages)
+    run_retention(root, config)
+
+
+def point_latest(root: Path, step: int, *, pp_stages: int | None) -> None:
+    """Make the save of ``step`` durable (fsync its directories) and point ``latest`` at it.
 
     Raises:
         CheckpointSaveError: the save is not complete on disk; ``latest`` is left alone.
@@ -160,6 +169,14 @@ def publish(root: Path, step: int, config: CheckpointConfig, *, pp_stages: int |
         raise CheckpointSaveError(f"{step_dir} is incomplete ({status.reason}); latest not moved")
     update_latest(root, step)
     logger.info("saved checkpoint %s", step_dir)
+
+
+def run_retention(root: Path, config: CheckpointConfig) -> None:
+    """One retention round through :func:`kempnerforge.checkpoint.gc.collect_garbage`.
+
+    Retention never blocks or fails the run: when ``kf-ckpt gc`` holds the lock the round is
+    skipped (the next save retries), and a failed deletion is logged.
+    """
     from kempnerforge.checkpoint.gc import collect_garbage
 
     try:

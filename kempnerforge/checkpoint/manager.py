@@ -42,21 +42,15 @@ from torch.distributed.checkpoint.state_dict import (
 
 from kempnerforge.checkpoint._manager_fs import (
     FORMAT_VERSION,
+    point_latest,
     prepare_step_dir,
-    publish,
     resolve_resume_dir,
+    run_retention,
     saved_step,
     write_metadata,
 )
 from kempnerforge.checkpoint.async_save import AsyncCheckpointer, CheckpointGroups
-from kempnerforge.checkpoint.layout import (
-    TRAIN_STATE,
-    check_complete,
-    fsync_dir,
-    pp_stage_dirs,
-    step_dir_name,
-    update_latest,
-)
+from kempnerforge.checkpoint.layout import TRAIN_STATE, check_complete, step_dir_name
 from kempnerforge.checkpoint.state import (
     capture_rng_state,
     check_frozen,
@@ -319,8 +313,18 @@ class CheckpointManager:
         self._groups.fence(error, f"saving step {step}")
         if self.rank == 0:
             with self._latest_lock:
-                publish(self.root, step, self.config, pp_stages=self.pp_stages)
+                point_latest(self.root, step, pp_stages=self.pp_stages)
                 self._latest_step = step
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        """Retention after a save (rank 0): the store core's plan and apply, nothing else.
+
+        Dynamic milestones and the ``latest`` target are kept and milestones do not use up
+        ``keep_last_n`` (see :mod:`kempnerforge.checkpoint.retention`). Skipped for this round,
+        never waited for, when ``kf-ckpt gc`` holds the lock.
+        """
+        run_retention(self.root, self.config)
 
     def _advance_latest_early(self, step: int, future: Future[Any]) -> None:
         """Flush-thread callback on rank 0: point ``latest`` at ``step`` once it is complete.
@@ -340,12 +344,8 @@ class CheckpointManager:
                     return
                 if not check_complete(step_dir, pp_stages=self.pp_stages).complete:
                     return
-                for _, stage_dir in pp_stage_dirs(step_dir):
-                    fsync_dir(stage_dir)
-                fsync_dir(step_dir)
-                update_latest(self.root, step)
+                point_latest(self.root, step, pp_stages=self.pp_stages)
                 self._latest_step = step
-            logger.info("background save of %s is durable; latest -> %s", step_dir, step_dir.name)
         except Exception:  # a thread callback must not raise; _finalize retries and reports
             logger.warning("could not move latest to %s early", step_dir, exc_info=True)
 
