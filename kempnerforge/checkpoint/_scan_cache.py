@@ -36,13 +36,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import stat
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kempnerforge.checkpoint._walk import StepWalk
 from kempnerforge.checkpoint.layout import CACHE_NAME, METADATA_JSON
+
+if TYPE_CHECKING:
+    from kempnerforge.checkpoint._walk import StepWalk
 
 __all__ = ["MAX_CACHE_BYTES", "RACY_WINDOW_S", "ScanCache", "is_cache_entry"]
 
@@ -150,7 +151,7 @@ class ScanCache:
         if not self._changed and len(self._fresh) == len(self._loaded):
             return
         data = json.dumps(_document(self._fresh), separators=(",", ":")).encode()
-        tmp = f"{CACHE_NAME}.{secrets.token_hex(6)}{_TEMP_SUFFIX}"
+        tmp = f"{CACHE_NAME}.{os.urandom(6).hex()}{_TEMP_SUFFIX}"  # not secrets: no hashlib import
         try:
             fd = os.open(tmp, _WRITE_FLAGS, 0o644, dir_fd=self._root_fd)
             try:

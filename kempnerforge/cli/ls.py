@@ -9,10 +9,10 @@ from typing import Any
 
 import click
 
-from kempnerforge.checkpoint.catalog import Catalog, CheckpointInfo, scan
+from kempnerforge.checkpoint.catalog import Catalog, CheckpointInfo
 from kempnerforge.checkpoint.retention import Decision, Reason, RetentionPlan, plan_retention
 from kempnerforge.checkpoint.selection import ConfigSelection
-from kempnerforge.cli._options import config_options, select_root
+from kempnerforge.cli._options import config_options, gc_paused, scan_root
 from kempnerforge.cli._render import (
     FORMAT_VERSION,
     catalog_warnings,
@@ -49,14 +49,14 @@ def ls(
 
     Example: kf-ckpt ls runs/llama/checkpoints --json
     """
-    root, selection = select_root(directory, config_path, overrides)
-    catalog = scan(root)
-    plan = plan_retention(catalog, selection.config)
-    echo_warnings(catalog_warnings(catalog))
-    if as_json:
-        echo_json(ls_document(catalog, plan, selection))
-    else:
-        click.echo(ls_table(catalog, plan, selection, now_s=now_s()))
+    with gc_paused():
+        catalog, selection = scan_root(directory, config_path, overrides)
+        plan = plan_retention(catalog, selection.config)
+        echo_warnings(catalog_warnings(catalog))
+        if as_json:
+            echo_json(ls_document(catalog, plan, selection))
+        else:
+            click.echo(ls_table(catalog, plan, selection, now_s=now_s()))
 
 
 def _ls_rows(
@@ -78,12 +78,23 @@ def _ls_rows(
     return rows
 
 
+_MARKS = {
+    (False, False): "",
+    (True, False): "latest",
+    (False, True): "milestone",
+    (True, True): "latest,milestone",
+}
+"""The marks column, by (is the latest target, is a milestone)."""
+
+
 def ls_table(
     catalog: Catalog, plan: RetentionPlan, selection: ConfigSelection, *, now_s: float
 ) -> str:
     """The ``kf-ckpt ls`` table and its footer (count, total size, what gc would free)."""
     if not catalog.checkpoints:
         return f"no checkpoints under {catalog.root}"
+    keep_last_n = plan.keep_last_n
+    why = {reason: reason_text(reason, keep_last_n) for reason in Reason}
     rows = [
         (
             info.step,
@@ -91,9 +102,9 @@ def ls_table(
             human_bytes(info.size_bytes),
             human_count(info.tokens_seen),
             human_age(now_s - info.mtime_s),
-            ",".join(m for m, on in (("latest", info.is_latest), ("milestone", milestone)) if on),
+            _MARKS[info.is_latest, milestone],
             "-" if decision is None else decision.action,
-            "" if decision is None else reason_text(decision.reason, plan.keep_last_n),
+            "" if decision is None else why[decision.reason],
         )
         for info, decision, status, milestone in _ls_rows(catalog, plan, selection)
     ]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -171,6 +170,8 @@ def config_from_toml(path: str | Path) -> CheckpointConfig:
         ConfigError: the file is missing or unreadable, is not valid TOML, or has an unknown key
             or a value of the wrong type.
     """
+    import tomllib  # only here: most commands read no TOML, and the import is not free
+
     path = Path(path)
     try:
         with path.open("rb") as fh:
