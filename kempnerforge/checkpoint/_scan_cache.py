@@ -151,7 +151,8 @@ class ScanCache:
         if not self._changed and len(self._fresh) == len(self._loaded):
             return
         data = json.dumps(_document(self._fresh), separators=(",", ":")).encode()
-        tmp = f"{CACHE_NAME}.{os.urandom(6).hex()}{_TEMP_SUFFIX}"  # not secrets: no hashlib import
+        # os.urandom, not secrets: importing secrets (hashlib, OpenSSL) costs every scan ~7 ms.
+        tmp = f"{CACHE_NAME}.{os.urandom(6).hex()}{_TEMP_SUFFIX}"
         try:
             fd = os.open(tmp, _WRITE_FLAGS, 0o644, dir_fd=self._root_fd)
             try:
@@ -178,15 +179,20 @@ class ScanCache:
 def _document(fresh: dict[str, tuple[_Entry, dict[str, Any] | None]]) -> dict[str, Any]:
     """The cache file's JSON document; each distinct recorded config is stored once."""
     configs: list[dict[str, Any]] = []
+    # Keyed by repr, which tells apart what == would not (1, 1.0 and true) at a third of the
+    # cost of json.dumps (a table written in another key order is merely stored twice), and
+    # by id for the checkpoints taken from the cache, which share one dict per config.
     index: dict[str, int] = {}
+    by_id: dict[int, int] = {}
     entries = {}
     for name, (entry, config) in fresh.items():
         ref = None
         if config is not None:
-            key = json.dumps(config, sort_keys=True)
-            ref = index.setdefault(key, len(configs))
-            if ref == len(configs):
-                configs.append(config)
+            ref = by_id.get(id(config))
+            if ref is None:
+                ref = by_id[id(config)] = index.setdefault(repr(config), len(configs))
+                if ref == len(configs):
+                    configs.append(config)
         entries[name] = [*entry[:5], ref, *entry[6:]]
     return {"format": _FORMAT, "version": _VERSION, "configs": configs, "entries": entries}
 

@@ -17,6 +17,7 @@ read, so any later change shows up as a different stamp.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from typing import Any
 from kempnerforge.checkpoint.layout import (
     DCP_METADATA,
     METADATA_JSON,
+    Completeness,
     assess_complete,
     parse_pp_stage,
     pp_stages_of,
@@ -183,11 +185,15 @@ def checkpoint_fields(root_fd: int, name: str, step: int, walk: StepWalk) -> dic
     scan_error = None
     if not walk.listed or unreadable:
         scan_error = "cannot read " + (", ".join(unreadable) if walk.listed else f"{name}/")
-    status = assess_complete(
-        has_dcp_metadata=walk.has_dcp_metadata,
-        stages={k: bool(ok) for k, ok in walk.stages.items()},
-        pp_stages=pp_stages_of(data),
-    )
+    pp_stages = pp_stages_of(data)
+    if walk.stages or pp_stages is not None:
+        status = assess_complete(
+            has_dcp_metadata=walk.has_dcp_metadata,
+            stages={k: bool(ok) for k, ok in walk.stages.items()},
+            pp_stages=pp_stages,
+        )
+    else:
+        status = _single_stage_status(walk.has_dcp_metadata)
     return {
         "complete": status.complete and scan_error is None,
         "incomplete_reason": scan_error or status.reason,
@@ -200,6 +206,13 @@ def checkpoint_fields(root_fd: int, name: str, step: int, walk: StepWalk) -> dic
         "warnings": tuple(warnings + _step_mismatch(data, step)),
         "scan_error": scan_error,
     }
+
+
+@functools.cache
+def _single_stage_status(has_dcp_metadata: bool) -> Completeness:
+    """``assess_complete`` of a checkpoint without pipeline stages: one of two answers, made
+    once rather than once per checkpoint of a cold scan."""
+    return assess_complete(has_dcp_metadata=has_dcp_metadata, stages={})
 
 
 def _recorded_int(data: dict[str, Any], key: str, warnings: list[str]) -> int | None:

@@ -123,7 +123,8 @@ def catalog_warnings(catalog: Catalog) -> list[str]:
     lines = [f"skipped {s.name}: {s.reason}" for s in catalog.skipped if not s.toolkit_entry]
     lines += catalog.warnings
     for info in catalog.checkpoints:
-        lines += [f"{info.name}: {warning}" for warning in info.warnings]
+        if info.warnings:
+            lines += [f"{info.name}: {warning}" for warning in info.warnings]
     return lines
 
 
@@ -140,7 +141,7 @@ def render_table(rows: list[tuple[Any, ...]], headers: tuple[str, ...], align: s
     # Column by column, so that str() and the padding below run as C loops: at 2,000 rows a
     # Python-level loop over the 16,000 cells would cost more than the rest of the table.
     columns = []
-    for column in zip(*rows):
+    for column in zip(*rows, strict=True):
         types = set(map(type, column))
         if types <= {str}:
             text = list(column)
@@ -160,7 +161,7 @@ def render_table(rows: list[tuple[Any, ...]], headers: tuple[str, ...], align: s
         for column, w, a in zip(columns, widths, align, strict=False)
     ]
     out = [header, "  ".join("-" * w for w in widths)]
-    out += map(str.rstrip, map("  ".join, zip(*padded)))
+    out += map(str.rstrip, map("  ".join, zip(*padded, strict=True)))
     return "\n".join(out)
 
 

@@ -68,12 +68,17 @@ def _ls_rows(
     reads, also where retention keeps the checkpoint for an earlier reason (``latest``).
     """
     by_step = {d.step: d for d in plan.decisions}
+    is_milestone = selection.config.is_dynamic_milestone
     rows = []
     for info in catalog.checkpoints:
         decision = by_step.get(info.step)
-        in_flight = decision is not None and decision.reason is Reason.in_flight
-        status = "complete" if info.complete else "in-flight" if in_flight else "incomplete"
-        milestone = info.dynamic_milestone or selection.config.is_dynamic_milestone(info.step)
+        if info.complete:
+            status = "complete"
+        elif decision is not None and decision.reason is Reason.in_flight:
+            status = "in-flight"
+        else:
+            status = "incomplete"
+        milestone = info.dynamic_milestone or is_milestone(info.step)
         rows.append((info, decision, status, milestone))
     return rows
 
@@ -112,7 +117,7 @@ def ls_table(
     table = render_table(rows, headers, "rlrrllll")
     victims = plan.to_delete
     gc_text = (
-        f"gc would delete {len(victims)} ({human_bytes(plan.bytes_freed)})"
+        f"gc would delete {len(victims)} ({human_bytes(sum(d.size_bytes for d in victims))})"
         if victims
         else "gc would delete nothing"
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kempnerforge.checkpoint.catalog import Catalog, check_root, scan
+from kempnerforge.checkpoint.catalog import Catalog, CheckpointInfo, check_root, scan
 from kempnerforge.checkpoint.layout import LOCK_NAME, TRASH_NAME, update_latest
 from kempnerforge.checkpoint.retention import Reason, plan_retention
 from kempnerforge.config.checkpoint import CheckpointConfig
@@ -56,6 +58,26 @@ def test_scan_reports_every_checkpoint(tmp_path: Path) -> None:
     assert catalog.newest_complete == by_step[200]
     assert catalog.get(300) == by_step[300] and catalog.get(301) is None
     assert catalog.root == tmp_path and catalog.warnings == ()
+
+
+@pytest.mark.parametrize("use_cache", [False, True])
+def test_scanned_records_are_those_the_constructor_makes(tmp_path: Path, use_cache: bool) -> None:
+    # scan fills the records' dicts directly (cheaper than the frozen __init__): same records.
+    make_checkpoint(tmp_path, 100, config={"keep_last_n": 2}, mtime_s=OLD_S)
+    make_checkpoint(tmp_path, 200, metadata="{corrupt", mtime_s=OLD_S)
+    make_checkpoint(tmp_path, 300, complete=False)
+    update_latest(tmp_path, 100)
+    scan(tmp_path)  # fills the cache: the second scan takes 100 and 200 from it
+    catalog = scan(tmp_path, use_cache=use_cache)
+    assert catalog.cache_hits == (2 if use_cache else 0)
+    names = [f.name for f in dataclasses.fields(CheckpointInfo)]
+    for info in catalog.checkpoints:
+        built = CheckpointInfo(**{name: getattr(info, name) for name in names})
+        assert info == built and repr(info) == repr(built)
+        assert sorted(vars(info)) == sorted(names)  # every field, nothing else
+        assert pickle.loads(pickle.dumps(info)) == info
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            info.step = 1  # type: ignore[misc]
 
 
 def test_sizes_match_du_apparent_size(tmp_path: Path) -> None:

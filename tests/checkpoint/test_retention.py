@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from kempnerforge.checkpoint.layout import LatestLink
 from kempnerforge.checkpoint.retention import (
     IN_FLIGHT_GRACE_S,
     Action,
+    Decision,
     Reason,
     RetentionPlan,
     plan_retention,
@@ -404,6 +406,18 @@ def test_plan_is_pure_and_frozen() -> None:
         first.keep_last_n = 5  # type: ignore[misc]
     with pytest.raises(AttributeError):
         first.decisions[0].action = Action.keep  # type: ignore[misc]
+
+
+def test_planned_decisions_are_those_the_constructor_makes() -> None:
+    # plan_retention fills the decisions' dicts directly (cheaper than the frozen __init__).
+    cat = catalog(info(1), info(2, complete=False), info(3, latest=True), info(4, milestone=True))
+    names = [f.name for f in dataclasses.fields(Decision)]
+    for decision in plan_retention(cat, CheckpointConfig(keep_last_n=1)).decisions:
+        built = Decision(**{name: getattr(decision, name) for name in names})
+        assert decision == built and repr(decision) == repr(built)
+        assert hash(decision) == hash(built) and sorted(vars(decision)) == sorted(names)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            decision.step = 9  # type: ignore[misc]
 
 
 def test_window_milestone_detail_names_the_window() -> None:

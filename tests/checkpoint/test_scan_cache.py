@@ -306,3 +306,29 @@ def test_gc_does_not_trust_a_cache_that_lies_about_completeness(tmp_path: Path) 
     assert not result.catalog.get(300).complete  # type: ignore[union-attr]  # walked for real
     assert result.applied is not None and [d.step for d in result.applied.deleted] == [100]
     assert sorted(p.name for p in root.glob("step_*")) == ["step_200", "step_300"]
+
+
+def test_each_distinct_recorded_config_is_stored_once(tmp_path: Path) -> None:
+    root = tmp_path / "ckpt"
+    for step in (100, 200, 300):
+        make_checkpoint(root, step, config={"keep_last_n": 1, "interval": 100}, mtime_s=OLD_S)
+    make_checkpoint(root, 400, config={"keep_last_n": True, "interval": 100}, mtime_s=OLD_S)
+    make_checkpoint(root, 500, config={"keep_last_n": 1.0, "interval": 100}, mtime_s=OLD_S)
+    cold = scan(root)
+    doc = json.loads((root / CACHE_NAME).read_text())
+    # true and 1.0 compare equal to 1 in Python, but they are other configs: kept apart.
+    assert doc["configs"] == [
+        {"keep_last_n": 1, "interval": 100},
+        {"keep_last_n": True, "interval": 100},
+        {"keep_last_n": 1.0, "interval": 100},
+    ]
+    assert [doc["entries"][f"step_{s}"][5] for s in (100, 200, 300, 400, 500)] == [0, 0, 0, 1, 2]
+    make_checkpoint(root, 600, config={"keep_last_n": 1, "interval": 100}, mtime_s=OLD_S)
+    warm = scan(root)  # five hits share their configs' dicts; the walked one is equal to one
+    assert warm.cache_hits == 5
+    assert json.loads((root / CACHE_NAME).read_text())["configs"] == doc["configs"]
+    recorded = {s: warm.get(s).recorded_config for s in (100, 400, 500, 600)}  # type: ignore[union-attr]
+    assert type(recorded[400]["keep_last_n"]) is bool  # type: ignore[index]
+    assert type(recorded[500]["keep_last_n"]) is float  # type: ignore[index]
+    assert _without_time(warm) == _without_time(scan(root, use_cache=False))
+    assert _without_time(cold) != _without_time(warm)  # step_600 is new

@@ -35,3 +35,21 @@ def test_none_is_an_empty_cell_and_numbers_are_strings():
         ("n", "x", "y"),
         "rll",
     )
+
+
+def test_cells_of_any_type_are_rendered_with_str():
+    from kempnerforge.checkpoint.retention import Action
+
+    rows = [
+        (1, Action.keep, 2.5, True, "None", None),
+        (22, Action.delete, -0.0, False, "x", "y"),
+    ]
+    expected_cells = [tuple("" if c is None else str(c) for c in row) for row in rows]
+    assert expected_cells[0][1] == "keep"  # a StrEnum renders as its value
+    headers = ("n", "gc", "f", "b", "s", "t")
+    assert render_table(rows, headers, "rlrlll") == _reference(expected_cells, headers, "rlrlll")
+
+
+def test_a_row_of_the_wrong_length_is_an_error():
+    with pytest.raises(ValueError, match="every row must have 2 cells"):
+        render_table([("a", "b"), ("c",)], ("x", "y"), "ll")
