@@ -318,9 +318,6 @@ def recorded_pp_stages(step_dir: Path) -> int | None:
     return pp_stages_of(read_metadata_json(step_dir).data)
 
 
-_recorded_pp_stages = recorded_pp_stages
-
-
 def newest_complete(root: Path) -> Path | None:
     """The newest complete checkpoint directory under ``root``, or None (also for no root)."""
     try:
@@ -371,24 +368,20 @@ def resolve_checkpoint(src: str | Path, step: int | None = None) -> Path:
             )
         target = path
     else:
-        dirs = list_step_dirs(path)
-        if step is not None:
-            matches = [p for s, p in dirs if s == step]
-            if not matches:
-                raise CheckpointNotFoundError(
-                    f"no checkpoint for step {step} under {path}; run 'kf-ckpt ls {path}'"
-                )
-            target = matches[0]
-        else:
-            complete = [
-                p for _, p in dirs if check_complete(p, pp_stages=_recorded_pp_stages(p)).complete
-            ]
-            if not complete:
+        if step is None:
+            newest = newest_complete(path)
+            if newest is None:
                 raise CheckpointNotFoundError(
                     f"no complete checkpoint under {path}; run 'kf-ckpt ls {path}'"
                 )
-            target = complete[-1]
-    status = check_complete(target, pp_stages=_recorded_pp_stages(target))
+            return newest
+        matches = [p for s, p in list_step_dirs(path) if s == step]
+        if not matches:
+            raise CheckpointNotFoundError(
+                f"no checkpoint for step {step} under {path}; run 'kf-ckpt ls {path}'"
+            )
+        target = matches[0]
+    status = check_complete(target, pp_stages=recorded_pp_stages(target))
     if not status.complete:
         raise CorruptCheckpointError(
             f"checkpoint {target} is incomplete ({status.reason}); pick a complete one "

@@ -50,7 +50,7 @@ from kempnerforge.checkpoint._manager_fs import (
     write_metadata,
 )
 from kempnerforge.checkpoint.async_save import AsyncCheckpointer, CheckpointGroups
-from kempnerforge.checkpoint.layout import TRAIN_STATE, check_complete, step_dir_name
+from kempnerforge.checkpoint.layout import TRAIN_STATE, step_dir_name
 from kempnerforge.checkpoint.state import (
     capture_rng_state,
     check_frozen,
@@ -342,10 +342,10 @@ class CheckpointManager:
             with self._latest_lock:
                 if self._latest_step is not None and self._latest_step >= step:
                     return
-                if not check_complete(step_dir, pp_stages=self.pp_stages).complete:
-                    return
                 point_latest(self.root, step, pp_stages=self.pp_stages)
                 self._latest_step = step
+        except CheckpointSaveError:
+            return  # other pipeline stages still writing: _finalize publishes it
         except Exception:  # a thread callback must not raise; _finalize retries and reports
             logger.warning("could not move latest to %s early", step_dir, exc_info=True)
 
