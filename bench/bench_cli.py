@@ -41,8 +41,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from kempnerforge.checkpoint._scan_cache import RACY_WINDOW_S
-from kempnerforge.checkpoint.layout import CACHE_NAME
+from kempnerforge.checkpoint.store._scan_cache import RACY_WINDOW_S
+from kempnerforge.checkpoint.store.layout import CACHE_NAME
 
 N_CHECKPOINTS = 2000
 FILES_PER_CHECKPOINT = 20

@@ -83,7 +83,7 @@ def _child(kind: str, step_dir: str, out: str) -> None:
     from safetensors.torch import save_file
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-    from kempnerforge.checkpoint.export import export_safetensors
+    from kempnerforge.checkpoint.export.exporter import export_safetensors
 
     warnings.simplefilter("ignore", UserWarning)
     start = time.perf_counter()

@@ -31,11 +31,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kempnerforge.checkpoint._scan_cache import RACY_WINDOW_S
-from kempnerforge.checkpoint.catalog import scan
-from kempnerforge.checkpoint.gc import apply_plan
-from kempnerforge.checkpoint.layout import CACHE_NAME, step_dir_name, update_latest
-from kempnerforge.checkpoint.retention import RetentionPlan, plan_retention
+from kempnerforge.checkpoint.store._scan_cache import RACY_WINDOW_S
+from kempnerforge.checkpoint.store.catalog import scan
+from kempnerforge.checkpoint.store.collect import apply_plan
+from kempnerforge.checkpoint.store.files import update_latest
+from kempnerforge.checkpoint.store.layout import CACHE_NAME, step_dir_name
+from kempnerforge.checkpoint.store.retention import RetentionPlan, plan_retention
 from kempnerforge.config.checkpoint import CheckpointConfig
 
 CHECKPOINTS = 2000

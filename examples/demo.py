@@ -196,7 +196,8 @@ def kf_ckpt(*argv: str, expect: tuple[int, ...] = (0,)) -> subprocess.CompletedP
 
 def describe_crash(root: Path) -> None:
     """Say what the killed run left on disk, from the layout module's own reading of it."""
-    from kempnerforge.checkpoint.layout import check_complete, list_step_dirs, read_latest
+    from kempnerforge.checkpoint.store.files import read_latest
+    from kempnerforge.checkpoint.store.layout import check_complete, list_step_dirs
 
     latest = read_latest(root).step
     if latest is None:

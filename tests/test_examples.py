@@ -17,7 +17,8 @@ from types import ModuleType
 
 import pytest
 
-from kempnerforge.checkpoint.layout import list_step_dirs, read_latest
+from kempnerforge.checkpoint.store.files import read_latest
+from kempnerforge.checkpoint.store.layout import list_step_dirs
 from kempnerforge.config import AsyncCheckpointMode, load_config
 
 ROOT = Path(__file__).resolve().parents[1]

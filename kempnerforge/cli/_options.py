@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from kempnerforge.checkpoint.selection import ConfigSelection, select_config
+from kempnerforge.checkpoint.store.selection import ConfigSelection, select_config
 from kempnerforge.errors import CheckpointRootError
 
 if TYPE_CHECKING:
-    from kempnerforge.checkpoint.catalog import Catalog
+    from kempnerforge.checkpoint.store.catalog import Catalog
 
 __all__ = [
     "config_options",
@@ -87,7 +87,7 @@ def scan_root(
     config and the errors are those of :func:`select_root` followed by ``scan(root)``: a bad
     ``--set`` is reported before a missing root.
     """
-    from kempnerforge.checkpoint.catalog import scan
+    from kempnerforge.checkpoint.store.catalog import scan
 
     if config_path is not None:
         selection = select_config(None, config_path, overrides)

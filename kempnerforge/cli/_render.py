@@ -26,9 +26,9 @@ from kempnerforge.cli._options import human_bytes
 from kempnerforge.config.loader import config_to_dict
 
 if TYPE_CHECKING:
-    from kempnerforge.checkpoint.catalog import Catalog
-    from kempnerforge.checkpoint.retention import Reason
-    from kempnerforge.checkpoint.selection import ConfigSelection
+    from kempnerforge.checkpoint.store.catalog import Catalog
+    from kempnerforge.checkpoint.store.retention import Reason
+    from kempnerforge.checkpoint.store.selection import ConfigSelection
 
 __all__ = [
     "FORMAT_VERSION",

@@ -1,7 +1,8 @@
 """``kf-ckpt export``: stream a checkpoint's model weights into safetensors.
 
 Thin: parse the options, pick the config (for the default dtype), call
-:func:`kempnerforge.checkpoint.export.export_safetensors`, render its summary. torch is imported
+:func:`kempnerforge.checkpoint.export.exporter.export_safetensors`, render its summary. torch is
+imported
 only when the command runs, so that ``kf-ckpt --help`` stays fast.
 """
 
@@ -77,9 +78,8 @@ def export(
     Only the model part is read, in bounded batches; the optimizer state is never loaded.
     Floating tensors are cast to --dtype; integer and bool tensors keep theirs.
     """
-    from kempnerforge.checkpoint.export import export_safetensors
-    from kempnerforge.checkpoint.layout import resolve_checkpoint
-    from kempnerforge.checkpoint.selection import select_config
+    from kempnerforge.checkpoint.export.exporter import export_safetensors
+    from kempnerforge.checkpoint.store.selection import resolve_checkpoint, select_config
 
     root, selection = select_root(src, config_path, overrides)
     step_dir = resolve_checkpoint(root, step)

@@ -12,13 +12,13 @@ from typing import Any
 
 import click
 
-from kempnerforge.checkpoint.gc import (
+from kempnerforge.checkpoint.store.collect import (
     DeletionFailure,
     GcResult,
     SkippedDeletion,
     collect_garbage,
 )
-from kempnerforge.checkpoint.selection import ConfigSelection
+from kempnerforge.checkpoint.store.selection import ConfigSelection
 from kempnerforge.cli._options import config_options, select_root
 from kempnerforge.cli._render import (
     FORMAT_VERSION,

@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from kempnerforge.checkpoint.catalog import Catalog, CheckpointInfo
-from kempnerforge.checkpoint.retention import Decision, Reason, RetentionPlan, plan_retention
-from kempnerforge.checkpoint.selection import ConfigSelection
+from kempnerforge.checkpoint.store.catalog import Catalog, CheckpointInfo
+from kempnerforge.checkpoint.store.retention import Decision, Reason, RetentionPlan, plan_retention
+from kempnerforge.checkpoint.store.selection import ConfigSelection
 from kempnerforge.cli._options import config_options, gc_paused, scan_root
 from kempnerforge.cli._render import (
     FORMAT_VERSION,

@@ -1,6 +1,7 @@
 """``kf-ckpt plan``: preview a run's saves, milestones, survivors and peak disk use.
 
-The command and its view of a :class:`~kempnerforge.checkpoint.simulate.RunSimulation`; numbers
+The command and its view of a :class:`~kempnerforge.checkpoint.store.simulate.RunSimulation`;
+numbers
 become words through the formatting helpers of :mod:`kempnerforge.cli._render`.
 """
 
@@ -11,8 +12,8 @@ from typing import Any
 
 import click
 
-from kempnerforge.checkpoint.selection import ConfigSelection
-from kempnerforge.checkpoint.simulate import RunSimulation, SimulatedSave, simulate_run
+from kempnerforge.checkpoint.store.selection import ConfigSelection
+from kempnerforge.checkpoint.store.simulate import RunSimulation, SimulatedSave, simulate_run
 from kempnerforge.cli._options import config_options, human_bytes, parse_size, select_root
 from kempnerforge.cli._render import (
     FORMAT_VERSION,

@@ -1,6 +1,7 @@
 """``kf-ckpt show``: the tensors of a checkpoint, from its DCP metadata alone.
 
-Thin: parse, call :func:`kempnerforge.checkpoint.inspect.inspect_checkpoint`, render a table (or
+Thin: parse, call :func:`kempnerforge.checkpoint.export.contents.inspect_checkpoint`, render a
+table (or
 JSON). torch is imported only when the command runs.
 """
 
@@ -31,7 +32,7 @@ def show(src: str, step: int | None, as_json: bool) -> None:
     SRC is a checkpoint root (then --step, default the newest complete checkpoint) or one
     step_N directory. Only the DCP metadata is read, never tensor data.
     """
-    from kempnerforge.checkpoint.inspect import inspect_checkpoint
+    from kempnerforge.checkpoint.export.contents import inspect_checkpoint
 
     contents = inspect_checkpoint(src, step)
     if as_json:

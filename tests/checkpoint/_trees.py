@@ -27,13 +27,13 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kempnerforge.checkpoint.layout import (
+from kempnerforge.checkpoint.store.files import update_latest
+from kempnerforge.checkpoint.store.layout import (
     DCP_METADATA,
     LATEST_NAME,
     METADATA_JSON,
     TRAIN_STATE,
     step_dir_name,
-    update_latest,
 )
 
 __all__ = [

@@ -18,3 +18,16 @@ def test_checkpoint_package_reexports_lazily_without_torch():
         "assert 'torch' in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_module_paths_kempnerforge_users_import_keep_working():
+    """Upstream code imports these paths; the restructure must not break them."""
+    code = (
+        "from kempnerforge.checkpoint.manager import CheckpointManager; "
+        "from kempnerforge.checkpoint import CheckpointManager as M; "
+        "assert M is CheckpointManager; "
+        "import kempnerforge.checkpoint.state as s, kempnerforge.checkpoint.manager.train_state as t; "
+        "assert s.load_train_state is t.load_train_state; "
+        "import kempnerforge.config.checkpoint, kempnerforge.config.registry"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

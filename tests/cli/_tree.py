@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kempnerforge.checkpoint.layout import update_latest
+from kempnerforge.checkpoint.store.files import update_latest
 from tests.checkpoint._trees import make_checkpoint
 
 NOW_S = 1_700_000_000.0

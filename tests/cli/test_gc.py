@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kempnerforge.checkpoint.gc import hold_lock
-from kempnerforge.checkpoint.layout import CACHE_NAME, LOCK_NAME, TRASH_NAME, check_complete
+from kempnerforge.checkpoint.store.collect import hold_lock
+from kempnerforge.checkpoint.store.layout import CACHE_NAME, LOCK_NAME, TRASH_NAME, check_complete
 from tests.checkpoint._trees import snapshot
 from tests.cli.conftest import run_installed
 from tests.cli.test_ls import SKIPPED_WARNINGS

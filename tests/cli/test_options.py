@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from kempnerforge.checkpoint.catalog import Catalog, scan
+from kempnerforge.checkpoint.store.catalog import Catalog, scan
 from kempnerforge.cli._options import gc_paused, scan_root, select_root
 from kempnerforge.cli.main import cli
 from kempnerforge.errors import CheckpointRootError, ConfigError

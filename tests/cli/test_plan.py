@@ -1,4 +1,4 @@
-"""``kf-ckpt plan`` and the pure simulation behind it (``kempnerforge.checkpoint.simulate``)."""
+"""``kf-ckpt plan`` and the pure simulation behind it (``kempnerforge.checkpoint.store.simulate``)."""
 
 from __future__ import annotations
 

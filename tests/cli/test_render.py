@@ -38,7 +38,7 @@ def test_none_is_an_empty_cell_and_numbers_are_strings():
 
 
 def test_cells_of_any_type_are_rendered_with_str():
-    from kempnerforge.checkpoint.retention import Action
+    from kempnerforge.checkpoint.store.retention import Action
 
     rows = [
         (1, Action.keep, 2.5, True, "None", None),

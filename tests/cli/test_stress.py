@@ -19,13 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kempnerforge.checkpoint.layout import (
-    TRASH_NAME,
-    check_complete,
-    list_step_dirs,
-    read_latest,
-)
 from kempnerforge.checkpoint.manager import CheckpointManager
+from kempnerforge.checkpoint.store.files import read_latest
+from kempnerforge.checkpoint.store.layout import TRASH_NAME, check_complete, list_step_dirs
 from kempnerforge.config.checkpoint import CheckpointConfig, DynamicCheckpointWindow
 from tests.checkpoint._models import assert_bit_equal, build, snapshot, train_step
 from tests.cli.conftest import KF_CKPT

@@ -70,7 +70,7 @@ def test_bad_names_are_refused(name):
 def test_importing_config_does_not_import_torch():
     code = (
         "import sys, kempnerforge.config, kempnerforge.config.loader, "
-        "kempnerforge.checkpoint.layout, kempnerforge.checkpoint.selection; "
+        "kempnerforge.checkpoint.store.layout, kempnerforge.checkpoint.store.selection; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

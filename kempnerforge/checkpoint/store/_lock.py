@@ -1,0 +1,95 @@
+"""The advisory lock of a checkpoint root, ``<root>/.kf-ckpt.lock`` (``fcntl.flock``).
+
+Whoever deletes checkpoints (gc, the manager's cleanup) holds it exclusively, so two of them
+never act on the same directory at once. The lock belongs to an open file description: it is
+released when the descriptor is closed, also when the process dies (SIGKILL included), so a
+crash never leaves a stale lock behind. The lock file itself is never removed (removing it
+would let two processes lock two different files).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from kempnerforge.checkpoint.store.layout import LOCK_NAME
+from kempnerforge.errors import LockBusyError, RetentionError
+
+__all__ = ["hold_lock"]
+
+_POLL_MIN_S = 0.01
+_POLL_MAX_S = 0.2
+
+
+@contextlib.contextmanager
+def hold_lock(root: Path, *, wait_lock_s: float = 0.0) -> Iterator[None]:
+    """Hold the exclusive lock of ``root`` for the duration of the ``with`` block.
+
+    ``flock(LOCK_EX | LOCK_NB)`` is polled until ``wait_lock_s`` seconds have passed (0: try
+    once; ``math.inf``: wait for as long as it takes). The lock is per open file, so a second
+    ``hold_lock`` on the same root in the same process is busy too: do not nest them.
+
+    Example:
+        >>> with hold_lock(Path("runs/a/ckpt"), wait_lock_s=30):  # doctest: +SKIP
+        ...     replace_a_checkpoint_directory()
+
+    Raises:
+        LockBusyError: another process still holds the lock after ``wait_lock_s`` seconds.
+        RetentionError: the lock file cannot be opened (read-only root, a symlink planted there).
+    """
+    path = root / LOCK_NAME
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        raise RetentionError(
+            f"cannot open the lock file {path}: {exc.strerror}; it must be a regular file "
+            f"in a directory you can write (remove it if it is a symlink)"
+        ) from exc
+    try:
+        _acquire(fd, path, wait_lock_s)
+        _record_holder(fd)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _acquire(fd: int, path: Path, wait_lock_s: float) -> None:
+    # A negative or NaN wait means "do not wait" (NaN would otherwise poll forever).
+    deadline = time.monotonic() + (wait_lock_s if wait_lock_s >= 0 else 0.0)
+    delay = _POLL_MIN_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                holder = _read_holder(fd)
+                raise LockBusyError(
+                    f"{path} is held by another process{holder} (a save or a gc); "
+                    f"retry later, or wait for it with --wait-lock SECONDS"
+                ) from None
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, _POLL_MAX_S)
+
+
+def _record_holder(fd: int) -> None:
+    """Write who holds the lock into the lock file, for the busy message of others."""
+    with contextlib.suppress(OSError):
+        note = f"pid {os.getpid()} on {socket.gethostname()}\n".encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, note, 0)
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        note = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+    return f" ({note})" if note else ""

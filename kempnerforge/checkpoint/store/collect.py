@@ -1,0 +1,305 @@
+"""Crash-safe garbage collection: apply a retention plan under the root's lock (torch-free).
+
+:func:`collect_garbage` is what the CheckpointManager calls after each save and what ``kf-ckpt
+gc`` runs: it takes the lock of the root once, then scans, plans and deletes under it, so no
+concurrent gc acts on a stale view. :func:`apply_plan` executes a plan made earlier (``kf-ckpt
+gc`` shows the plan, then applies it).
+
+Deleting one victim:
+
+1. re-check it under the lock: it still exists, is still a real directory (not a symlink)
+   directly inside the root, and is still not the ``latest`` target; otherwise it is skipped;
+2. rename it into ``<root>/.kf-trash/`` (atomic); the root directory is fsync'ed once all
+   victims are moved, so the removal is durable before any file is unlinked;
+3. remove it from the trash with ``unlinkat``/``rmdir`` relative to directories opened with
+   ``O_NOFOLLOW``: a symlink is unlinked, never followed.
+
+A run killed at any point leaves every ``step_<N>`` in the root either untouched or gone, and
+the next run first finishes whatever is left in the trash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from kempnerforge.checkpoint.store._lock import hold_lock
+from kempnerforge.checkpoint.store._trash import (
+    clear_trash,
+    describe_error,
+    move_to_trash,
+    open_trash,
+    remove_tree,
+)
+from kempnerforge.checkpoint.store.catalog import Catalog, check_root, scan
+from kempnerforge.checkpoint.store.files import read_latest
+from kempnerforge.checkpoint.store.layout import (
+    TRASH_NAME,
+    check_complete,
+    recorded_pp_stages,
+    step_dir_name,
+)
+from kempnerforge.checkpoint.store.retention import Decision, Reason, RetentionPlan, plan_retention
+from kempnerforge.config.checkpoint import CheckpointConfig
+from kempnerforge.errors import RetentionError
+
+__all__ = [
+    "ApplyResult",
+    "DeletionFailure",
+    "GcResult",
+    "SkippedDeletion",
+    "apply_plan",
+    "collect_garbage",
+    "hold_lock",
+]
+
+
+_VANISHED = "vanished"  # _recheck's verdict for a victim that is already gone
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeletionFailure:
+    """A victim that could not be deleted, and why."""
+
+    step: int
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SkippedDeletion:
+    """A victim the re-check under the lock refused to delete (not an error), and why."""
+
+    step: int
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApplyResult:
+    """What applying a plan did."""
+
+    deleted: tuple[Decision, ...] = ()
+    vanished: tuple[Decision, ...] = ()
+    """Victims already gone when their turn came (counted as done, no bytes freed)."""
+    failed: tuple[DeletionFailure, ...] = ()
+    skipped: tuple[SkippedDeletion, ...] = ()
+    bytes_freed: int = 0
+    trash_cleared: int = 0
+    """Entries left in the trash by an interrupted run that this run removed."""
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when no deletion failed (skips and vanished victims are fine)."""
+        return not self.failed
+
+
+@dataclass(frozen=True, kw_only=True)
+class GcResult:
+    """One gc round: what was found, what was decided, and (unless a dry run) what was done."""
+
+    catalog: Catalog
+    plan: RetentionPlan
+    applied: ApplyResult | None
+
+
+def collect_garbage(
+    root: str | Path,
+    config: CheckpointConfig,
+    *,
+    wait_lock_s: float = 0.0,
+    dry_run: bool = False,
+) -> GcResult:
+    """Scan ``root``, plan retention with ``config`` and delete what the plan does not keep.
+
+    The lock is taken once and the scan, the plan and the deletions all happen under it. With
+    ``dry_run`` the plan is made without the lock and nothing is deleted. The scan may use the
+    scan cache; before deleting, the completeness of the checkpoints the plan keeps in the
+    victims' place is checked on disk, and on any doubt the root is walked in full and planned
+    again. Each victim is re-checked on disk, never from the cache (see :func:`apply_plan`).
+
+    Raises:
+        CheckpointRootError: ``root`` is missing or not a directory.
+        LockBusyError: another process holds the lock after ``wait_lock_s`` seconds.
+        RetentionError: the lock file or the trash cannot be used.
+
+    Example:
+        >>> from kempnerforge.config.checkpoint import CheckpointConfig
+        >>> config = CheckpointConfig(keep_last_n=2)
+        >>> result = collect_garbage("runs/a/ckpt", config)  # doctest: +SKIP
+        >>> [d.step for d in result.applied.deleted], result.applied.bytes_freed  # doctest: +SKIP
+        ([100, 200], 3800000000)
+    """
+    path = check_root(root)
+    if dry_run:
+        catalog = scan(path)
+        return GcResult(catalog=catalog, plan=plan_retention(catalog, config), applied=None)
+    with hold_lock(path, wait_lock_s=wait_lock_s):
+        catalog = scan(path)
+        plan = plan_retention(catalog, config)
+        if catalog.cache_hits and plan.to_delete and not _still_complete(plan):
+            catalog = scan(path, use_cache=False)  # the cache was wrong: trust only a full walk
+            plan = plan_retention(catalog, config)
+        applied = _apply_locked(plan)
+    return GcResult(catalog=catalog, plan=plan, applied=applied)
+
+
+def _still_complete(plan: RetentionPlan) -> bool:
+    """Are the complete checkpoints that let the plan delete others still complete, live?
+
+    The scan may have taken them from its cache; before anything is deleted on their account
+    (the newest complete one and the ``keep_last_n`` window), their markers are checked on disk.
+    """
+    relied = [d for d in plan.to_keep if d.reason is Reason.within_keep_last_n]
+    newest = next((d for d in reversed(plan.decisions) if d.complete), None)
+    relied += [newest] if newest is not None else []
+    return all(
+        check_complete(d.path, pp_stages=recorded_pp_stages(d.path)).complete for d in relied
+    )
+
+
+def apply_plan(plan: RetentionPlan, *, wait_lock_s: float = 0.0) -> ApplyResult:
+    """Delete the victims of ``plan`` under the root's lock, re-checking each one first.
+
+    A victim that changed since the plan was made (gone, now ``latest``, now a symlink or a
+    file) is reported as vanished or skipped, never deleted blindly.
+
+    Example:
+        >>> plan = plan_retention(scan("runs/a/ckpt"), config)  # doctest: +SKIP
+        >>> print_plan(plan)  # a person looks at it first  # doctest: +SKIP
+        >>> result = apply_plan(plan, wait_lock_s=60)  # doctest: +SKIP
+        >>> result.ok, [d.step for d in result.deleted]  # doctest: +SKIP
+        (True, [100, 200])
+
+    Raises:
+        CheckpointRootError: the plan's root is missing or not a directory.
+        LockBusyError: another process holds the lock after ``wait_lock_s`` seconds.
+        RetentionError: the lock file or the trash cannot be used.
+    """
+    root = check_root(plan.root)
+    with hold_lock(root, wait_lock_s=wait_lock_s):
+        return _apply_locked(plan)
+
+
+@dataclass(kw_only=True)
+class _Progress:
+    deleted: list[Decision]
+    vanished: list[Decision]
+    failed: list[DeletionFailure]
+    skipped: list[SkippedDeletion]
+
+
+def _apply_locked(plan: RetentionPlan) -> ApplyResult:
+    root = plan.root
+    victims = plan.to_delete
+    progress = _Progress(deleted=[], vanished=[], failed=[], skipped=[])
+    try:
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise RetentionError(f"cannot open checkpoint root {root}: {exc.strerror}") from exc
+    try:
+        trash_fd = open_trash(root_fd, create=bool(victims))
+        if trash_fd is None:
+            return ApplyResult()
+        try:
+            cleared, warnings = clear_trash(trash_fd)
+            moved = _move_to_trash(root_fd, trash_fd, root, victims, progress)
+            if moved:
+                warnings += _sync(root_fd, trash_fd)  # renames durable before any file goes
+            for decision, trash_name in moved:
+                try:
+                    remove_tree(trash_fd, trash_name, is_dir=True)  # re-checked: a directory
+                    progress.deleted.append(decision)
+                except (OSError, RecursionError) as exc:
+                    why = describe_error(exc)
+                    reason = f"moved to {TRASH_NAME}/{trash_name}, not removed: {why}; gc retries"
+                    progress.failed.append(_failure(decision, reason))
+        finally:
+            os.close(trash_fd)
+        _drop_trash_if_empty(root_fd)
+    finally:
+        os.close(root_fd)
+    return ApplyResult(
+        deleted=tuple(progress.deleted),
+        vanished=tuple(progress.vanished),
+        failed=tuple(progress.failed),
+        skipped=tuple(progress.skipped),
+        bytes_freed=sum(d.size_bytes for d in progress.deleted),
+        trash_cleared=cleared,
+        warnings=tuple(warnings),
+    )
+
+
+def _move_to_trash(
+    root_fd: int,
+    trash_fd: int,
+    root: Path,
+    victims: tuple[Decision, ...],
+    progress: _Progress,
+) -> list[tuple[Decision, str]]:
+    """Re-check each victim and rename it into the trash; return (victim, trash name) pairs."""
+    moved: list[tuple[Decision, str]] = []
+    for decision in victims:
+        name = step_dir_name(decision.step)
+        refusal = _recheck(root_fd, root, name, decision)
+        if refusal is _VANISHED:
+            progress.vanished.append(decision)
+            continue
+        if refusal is not None:
+            progress.skipped.append(
+                SkippedDeletion(step=decision.step, path=decision.path, reason=refusal)
+            )
+            continue
+        trash_name = f"{name}.{secrets.token_hex(6)}"
+        try:
+            move_to_trash(root_fd, name, trash_fd, trash_name)
+        except FileNotFoundError:
+            progress.vanished.append(decision)
+            continue
+        except OSError as exc:
+            progress.failed.append(
+                _failure(decision, f"cannot move it: {describe_error(exc)}; untouched")
+            )
+            continue
+        moved.append((decision, trash_name))
+    return moved
+
+
+def _recheck(root_fd: int, root: Path, name: str, decision: Decision) -> str | None:
+    """Why ``decision``'s victim must not be deleted now, ``_VANISHED``, or None to go ahead."""
+    if decision.path != root / name:
+        return f"{decision.path} is not the directory {name} directly inside {root}"
+    try:
+        st = os.lstat(name, dir_fd=root_fd)
+    except FileNotFoundError:
+        return _VANISHED
+    if stat.S_ISLNK(st.st_mode):
+        return f"{name} is now a symlink; symlinks are never followed or deleted"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{name} is no longer a directory"
+    if read_latest(root).step == decision.step:
+        return f"{name} is now the target of latest"
+    return None
+
+
+def _sync(*fds: int) -> list[str]:
+    try:
+        for fd in fds:
+            os.fsync(fd)
+    except OSError as exc:
+        return [f"fsync of the checkpoint root failed ({exc.strerror}); continuing"]
+    return []
+
+
+def _drop_trash_if_empty(root_fd: int) -> None:
+    with contextlib.suppress(OSError):  # not empty (something could not be removed), or gone
+        os.rmdir(TRASH_NAME, dir_fd=root_fd)
+
+
+def _failure(decision: Decision, reason: str) -> DeletionFailure:
+    return DeletionFailure(step=decision.step, path=decision.path, reason=reason)

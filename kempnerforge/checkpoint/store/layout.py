@@ -1,0 +1,219 @@
+"""The on-disk format of a checkpoint root: the one module that knows names and markers.
+
+Writers (the manager) and readers (scan, retention, export, the CLI) all go through here::
+
+    <root>/
+      latest -> step_1500     relative symlink, swapped atomically
+      step_1500/
+        .metadata             DCP global metadata, written last: its presence means complete
+        __0_0.distcp ...      DCP shards
+        pp0/ pp1/ ...         pipeline parallel: one DCP tree per stage, each with .metadata
+        train_state.pt        step, tokens_seen, scheduler, dataloader, RNG, extras
+        metadata.json         {"step", "tokens_seen", "dynamic_milestone", "checkpoint": {...}}
+      .kf-ckpt.lock           advisory lock held while retention plans and deletes
+      .kf-trash/              victims are renamed here before they are removed
+      .kf-ckpt.cache          scan cache: what complete checkpoints hold (they never change)
+
+No torch import here: ``kf-ckpt ls`` and ``gc`` must start fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CACHE_NAME",
+    "DCP_METADATA",
+    "LATEST_NAME",
+    "LOCK_NAME",
+    "METADATA_JSON",
+    "TRAIN_STATE",
+    "TRASH_NAME",
+    "Completeness",
+    "MetadataRead",
+    "assess_complete",
+    "check_complete",
+    "list_step_dirs",
+    "parse_pp_stage",
+    "parse_step",
+    "pp_stage_dirs",
+    "pp_stages_of",
+    "read_metadata_json",
+    "recorded_pp_stages",
+    "step_dir_name",
+]
+
+LATEST_NAME = "latest"
+LOCK_NAME = ".kf-ckpt.lock"
+TRASH_NAME = ".kf-trash"
+CACHE_NAME = ".kf-ckpt.cache"
+"""The scan cache of a root (JSON, rewritten atomically by ``scan``; safe to delete by hand)."""
+DCP_METADATA = ".metadata"
+METADATA_JSON = "metadata.json"
+TRAIN_STATE = "train_state.pt"
+
+_STEP_RE = re.compile(r"step_(\d+)")
+_PP_RE = re.compile(r"pp(\d+)")
+_METADATA_MAX_BYTES = 16 * 2**20  # a metadata.json is a few kB; refuse to slurp a huge file
+_READ_CHUNK = 2**16
+
+
+def step_dir_name(step: int) -> str:
+    """``step_<N>``: the directory name of the checkpoint of ``step``."""
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be a non-negative integer, got {step!r}")
+    return f"step_{step}"
+
+
+def parse_step(name: str) -> int | None:
+    """The step of a directory name, or None when ``name`` is not a canonical ``step_<N>``.
+
+    ``step_007`` is not canonical (it would alias ``step_7``) and is therefore not a checkpoint.
+    """
+    match = _STEP_RE.fullmatch(name)
+    if match is None:
+        return None
+    step = int(match.group(1))
+    return step if step_dir_name(step) == name else None
+
+
+def parse_pp_stage(name: str) -> int | None:
+    """The stage ``k`` of a pipeline-parallel stage directory name ``pp<k>``, else None."""
+    match = _PP_RE.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def pp_stage_dirs(step_dir: Path) -> list[tuple[int, Path]]:
+    """The pipeline-parallel stage directories ``pp<k>/`` of a checkpoint, sorted by stage."""
+    stages: list[tuple[int, Path]] = []
+    with contextlib.suppress(OSError), os.scandir(step_dir) as it:
+        for entry in it:
+            match = _PP_RE.fullmatch(entry.name)
+            if match and entry.is_dir(follow_symlinks=False):
+                stages.append((int(match.group(1)), Path(entry.path)))
+    return sorted(stages)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Completeness:
+    """Whether a checkpoint directory holds a finished save, and if not, why."""
+
+    complete: bool
+    reason: str | None = None
+
+
+def check_complete(step_dir: Path, *, pp_stages: int | None = None) -> Completeness:
+    """Is ``step_dir`` a finished save?
+
+    Complete means DCP's ``.metadata`` is present (DCP writes it last). A pipeline-parallel
+    checkpoint (``pp*/`` children) is complete when every stage has its own ``.metadata``; when
+    ``pp_stages`` (recorded in metadata.json) is known, every stage ``pp0 .. pp{n-1}`` must exist.
+    """
+    stages = {k: (path / DCP_METADATA).is_file() for k, path in pp_stage_dirs(step_dir)}
+    has_dcp_metadata = not stages and (step_dir / DCP_METADATA).is_file()
+    return assess_complete(has_dcp_metadata=has_dcp_metadata, stages=stages, pp_stages=pp_stages)
+
+
+def assess_complete(
+    *, has_dcp_metadata: bool, stages: Mapping[int, bool], pp_stages: int | None = None
+) -> Completeness:
+    """The rule of :func:`check_complete`, applied to a listing the caller already made (no I/O).
+
+    Args:
+        has_dcp_metadata: the step directory itself holds DCP's ``.metadata`` file.
+        stages: ``k`` of every ``pp<k>/`` stage directory -> whether it holds ``.metadata``.
+        pp_stages: the number of stages recorded in metadata.json, when known.
+    """
+    if not stages:
+        if pp_stages:
+            return Completeness(complete=False, reason=f"no pp*/ stage of {pp_stages} written")
+        if has_dcp_metadata:
+            return Completeness(complete=True)
+        return Completeness(complete=False, reason=f"no DCP {DCP_METADATA}")
+    missing = [f"pp{k}" for k, present in stages.items() if not present]
+    if pp_stages:
+        missing += [f"pp{k}" for k in range(pp_stages) if k not in stages]
+    if missing:
+        return Completeness(
+            complete=False, reason=f"no DCP {DCP_METADATA} in {', '.join(sorted(set(missing)))}"
+        )
+    return Completeness(complete=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetadataRead:
+    """What ``metadata.json`` of a checkpoint says, or why it could not be read."""
+
+    data: dict[str, Any] | None
+    warning: str | None = None
+
+
+def read_metadata_json(step_dir: str | Path, *, dir_fd: int | None = None) -> MetadataRead:
+    """Read ``metadata.json``; a missing, unreadable or corrupt file is a warning, not a crash.
+
+    A symlink is never followed, a FIFO named ``metadata.json`` never blocks, and a file over
+    16 MiB is refused rather than read. With ``dir_fd``, a relative ``step_dir`` is resolved
+    from that open directory (as in :mod:`os`), which saves path lookups in large scans.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(os.path.join(step_dir, METADATA_JSON), flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return MetadataRead(data=None, warning=f"no {METADATA_JSON}")
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW refused a symlink
+            return MetadataRead(data=None, warning=f"{METADATA_JSON} is a symlink; ignored")
+        return MetadataRead(data=None, warning=f"cannot read {METADATA_JSON}: {exc}")
+    try:
+        chunks = [os.read(fd, _READ_CHUNK)]
+        # No fstat: a short read of a regular file is its end (fast scans read thousands).
+        while len(chunks[-1]) == _READ_CHUNK:
+            if len(chunks) * _READ_CHUNK > _METADATA_MAX_BYTES:
+                limit = f"over the {_METADATA_MAX_BYTES} byte limit"
+                return MetadataRead(data=None, warning=f"{METADATA_JSON} is {limit}; ignored")
+            chunks.append(os.read(fd, _READ_CHUNK))
+        text = b"".join(chunks).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return MetadataRead(data=None, warning=f"cannot read {METADATA_JSON}: {exc}")
+    finally:
+        os.close(fd)
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        return MetadataRead(data=None, warning=f"corrupt {METADATA_JSON}: {exc}")
+    if not isinstance(data, dict):
+        return MetadataRead(data=None, warning=f"corrupt {METADATA_JSON}: not a JSON object")
+    return MetadataRead(data=data)
+
+
+def pp_stages_of(data: Mapping[str, Any] | None) -> int | None:
+    """The ``pp_stages`` count a metadata.json document records, if it is a valid integer."""
+    stages = (data or {}).get("pp_stages")
+    return stages if isinstance(stages, int) and not isinstance(stages, bool) else None
+
+
+def list_step_dirs(root: Path) -> list[tuple[int, Path]]:
+    """Direct children of ``root`` that are checkpoint directories, sorted by step.
+
+    Symlinks named ``step_<N>`` and non-canonical names are not checkpoints. Cheap: no sizes.
+    """
+    found: list[tuple[int, Path]] = []
+    with os.scandir(root) as it:
+        for entry in it:
+            step = parse_step(entry.name)
+            if step is not None and entry.is_dir(follow_symlinks=False):
+                found.append((step, Path(entry.path)))
+    return sorted(found)
+
+
+def recorded_pp_stages(step_dir: Path) -> int | None:
+    """The number of pipeline stages recorded in ``metadata.json``, if any."""
+    return pp_stages_of(read_metadata_json(step_dir).data)

@@ -1,0 +1,206 @@
+"""Which :class:`CheckpointConfig` a command runs with (torch-free).
+
+Order, as in the CLI contract: an explicit job file; else the config recorded in the newest
+checkpoint's ``metadata.json``; else the defaults. ``--set`` overrides apply on top, and dedicated
+flags (applied by the caller) win over everything.
+
+A command that scans the root anyway (``kf-ckpt ls``) passes its catalog: the scan has already
+read every ``metadata.json``, so the recorded config is taken from it instead of reading the root
+a second time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kempnerforge.checkpoint.store.layout import (
+    DCP_METADATA,
+    METADATA_JSON,
+    check_complete,
+    list_step_dirs,
+    parse_step,
+    pp_stage_dirs,
+    read_metadata_json,
+    recorded_pp_stages,
+)
+from kempnerforge.config.checkpoint import CheckpointConfig
+from kempnerforge.config.loader import config_from_dict, load_config
+from kempnerforge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from kempnerforge.checkpoint.store.catalog import Catalog
+
+__all__ = [
+    "ConfigSelection",
+    "newest_complete",
+    "recorded_config",
+    "recorded_config_of",
+    "resolve_checkpoint",
+    "select_config",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConfigSelection:
+    """The config a command uses and where it came from (``file``, ``recorded``, ``defaults``)."""
+
+    config: CheckpointConfig
+    source: str
+    source_path: Path | None = None
+
+
+def recorded_config(root: Path) -> tuple[CheckpointConfig, Path] | None:
+    """The config recorded by the newest checkpoint that recorded one, and its metadata.json.
+
+    Reads the metadata.json files of the step directories of ``root``, newest first, until one
+    records a ``"checkpoint"`` table. None when none does, or ``root`` is not a directory.
+
+    Raises:
+        ConfigError: that recorded config is invalid (pass ``--config`` instead).
+    """
+    if not root.is_dir():
+        return None
+    with os.scandir(root) as it:
+        steps = [
+            (step, entry.name)
+            for entry in it
+            if (step := parse_step(entry.name)) is not None and entry.is_dir(follow_symlinks=False)
+        ]
+    steps.sort(reverse=True)
+    for _, name in steps:
+        step_dir = root / name
+        data = read_metadata_json(step_dir).data
+        if data is not None and isinstance(data.get("checkpoint"), dict):
+            return _parsed(data["checkpoint"], step_dir / METADATA_JSON)
+    return None
+
+
+def recorded_config_of(catalog: Catalog) -> tuple[CheckpointConfig, Path] | None:
+    """:func:`recorded_config` of a scanned root, from its catalog (no file is read again).
+
+    Raises:
+        ConfigError: that recorded config is invalid (pass ``--config`` instead).
+    """
+    for info in reversed(catalog.checkpoints):
+        if info.recorded_config is not None:
+            return _parsed(info.recorded_config, info.path / METADATA_JSON)
+    return None
+
+
+def _parsed(table: dict[str, Any], path: Path) -> tuple[CheckpointConfig, Path]:
+    try:
+        return config_from_dict(table, source=str(path)), path
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; pass the run's job file with --config") from exc
+
+
+def select_config(
+    root: Path | None,
+    config_path: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    catalog: Catalog | None = None,
+) -> ConfigSelection:
+    """Pick the config for a command on ``root`` (``None``: no checkpoint root to look in).
+
+    With ``catalog`` (a scan of ``root``), the recorded config is taken from it rather than read
+    from disk again.
+
+    Raises:
+        ConfigError: the job file, a recorded config or an override is invalid.
+
+    Example:
+        >>> select_config(Path("runs/a/ckpt"), None, ["checkpoint.keep_last_n=2"])  # doctest: +SKIP
+        ConfigSelection(config=CheckpointConfig(..., keep_last_n=2, ...), source='recorded', ...)
+    """
+    overrides = list(overrides)
+    if config_path is not None:
+        return ConfigSelection(
+            config=load_config(config_path, overrides), source="file", source_path=Path(config_path)
+        )
+    if catalog is not None:
+        found = recorded_config_of(catalog)
+    else:
+        found = recorded_config(root) if root is not None else None
+    if found is not None:
+        config, path = found
+        return ConfigSelection(
+            config=load_config(None, overrides, base=config), source="recorded", source_path=path
+        )
+    return ConfigSelection(config=load_config(None, overrides), source="defaults")
+
+
+def newest_complete(root: Path) -> Path | None:
+    """The newest complete checkpoint directory under ``root``, or None (also for no root)."""
+    try:
+        dirs = list_step_dirs(root)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    for _, path in reversed(dirs):
+        if check_complete(path, pp_stages=recorded_pp_stages(path)).complete:
+            return path
+    return None
+
+
+def resolve_checkpoint(src: str | Path, step: int | None = None) -> Path:
+    """The complete checkpoint directory that ``src`` (and ``step``) name.
+
+    ``src`` is either one ``step_<N>`` directory, or a checkpoint root; for a root, ``step``
+    picks the checkpoint, and by default the newest complete one is used.
+
+    Raises:
+        CheckpointRootError: ``src`` does not exist or is not a directory.
+        CheckpointNotFoundError: no checkpoint of that step, or no complete one at all.
+        CorruptCheckpointError: the named checkpoint is incomplete.
+    """
+    from kempnerforge.errors import (
+        CheckpointNotFoundError,
+        CheckpointRootError,
+        CorruptCheckpointError,
+    )
+
+    path = Path(src)
+    if not path.exists():
+        raise CheckpointRootError(
+            f"{path} does not exist; pass a checkpoint root or a step_<N> dir"
+        )
+    if not path.is_dir():
+        raise CheckpointRootError(
+            f"{path} is not a directory; pass a checkpoint root or step_<N> dir"
+        )
+    own_step = parse_step(path.name)
+    is_step_dir = own_step is not None and (
+        (path / DCP_METADATA).exists() or (path / METADATA_JSON).exists() or pp_stage_dirs(path)
+    )
+    if is_step_dir:
+        if step is not None and step != own_step:
+            raise CheckpointNotFoundError(
+                f"{path} is the checkpoint of step {own_step}, not {step}; "
+                "drop --step or pass the root"
+            )
+        target = path
+    else:
+        if step is None:
+            newest = newest_complete(path)
+            if newest is None:
+                raise CheckpointNotFoundError(
+                    f"no complete checkpoint under {path}; run 'kf-ckpt ls {path}'"
+                )
+            return newest
+        matches = [p for s, p in list_step_dirs(path) if s == step]
+        if not matches:
+            raise CheckpointNotFoundError(
+                f"no checkpoint for step {step} under {path}; run 'kf-ckpt ls {path}'"
+            )
+        target = matches[0]
+    status = check_complete(target, pp_stages=recorded_pp_stages(target))
+    if not status.complete:
+        raise CorruptCheckpointError(
+            f"checkpoint {target} is incomplete ({status.reason}); pick a complete one "
+            f"with 'kf-ckpt ls {target.parent}'"
+        )
+    return target
