@@ -21,6 +21,7 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check kempnerforge tests bench examples
 	$(VENV)/bin/ruff format --check kempnerforge tests bench examples
+	$(VENV)/bin/mypy
 
 docs: install
 	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html

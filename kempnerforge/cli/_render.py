@@ -152,8 +152,8 @@ def render_table(rows: list[tuple[Any, ...]], headers: tuple[str, ...], align: s
         columns.append(text)
     # tabulate's minimum padding: every column is at least its header plus two characters wide.
     widths = [len(h) + 2 for h in headers]
-    for i, column in enumerate(columns):
-        widths[i] = max(widths[i], max(map(len, column)))
+    for i, cells in enumerate(columns):
+        widths[i] = max(widths[i], max(map(len, cells)))
     # As tabulate does, an empty table left-aligns its headers.
     header = _pad(headers, widths, align if rows else "l" * len(headers))
     padded = [

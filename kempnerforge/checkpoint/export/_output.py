@@ -79,7 +79,7 @@ def prepare_output(out: Path, *, force: bool) -> OutputTarget:
                 f"{out} is a directory; name a file ending in .safetensors or a directory "
                 "without that suffix"
             )
-        existing = (out,) if out.exists() or out.is_symlink() else ()
+        existing: tuple[Path, ...] = (out,) if out.exists() or out.is_symlink() else ()
         directory, single = out.parent, True
     else:
         if out.exists() and not out.is_dir():

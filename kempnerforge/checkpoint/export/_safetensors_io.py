@@ -100,7 +100,7 @@ def temp_path(final: Path) -> Path:
 def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
     # A flat byte view of the tensor's own memory: no copy for a contiguous CPU tensor.
     flat = tensor.detach().contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy())
+    return flat.view(torch.uint8).numpy().data
 
 
 class SafetensorsWriter:

@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Collection
@@ -159,7 +160,7 @@ class CheckpointManager:
                 pending = self._async.pending
                 if self.rank == 0 and pending is not None:
                     pending.future.add_done_callback(
-                        lambda future, step=step: self._advance_latest_early(step, future)
+                        functools.partial(self._advance_latest_early, step)
                     )
             except Exception as exc:
                 error = exc

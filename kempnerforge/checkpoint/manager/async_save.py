@@ -138,6 +138,9 @@ class AsyncCheckpointer:
             process_group=self._group,
             async_stager=self._stager,
         )
+        # With a stager and no staging future requested, DCP returns a plain Future.
+        if not isinstance(future, Future):
+            raise TypeError(f"dcp.async_save returned {type(future).__name__}, not a Future")
         self._pending = PendingSave(step=step, path=Path(checkpoint_id), future=future)
         logger.debug("staged step %d; flushing to %s in the background", step, checkpoint_id)
 

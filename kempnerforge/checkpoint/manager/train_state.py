@@ -60,7 +60,8 @@ def _numpy_allowlist() -> list[Any]:
         from numpy.core import multiarray  # type: ignore[no-redef]
 
     # Numeric dtype classes only: what RNG states and plain numeric arrays need, nothing more.
-    numeric = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32)
+    numeric: tuple[type[Any], ...] = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8)
+    numeric += (np.uint16, np.uint32)
     numeric += (np.uint64, np.float16, np.float32, np.float64)
     return [
         # Files written under numpy 1.x and 2.x name the same function by different paths.
