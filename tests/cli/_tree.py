@@ -19,15 +19,14 @@ Every checkpoint is a whole number of 0.1 MB plus directory entries (a few kB), 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from kempnerforge.checkpoint.store.files import update_latest
-from tests.checkpoint._trees import make_checkpoint
+from tests._cli import NOW_S
+from tests.checkpoint._trees import make_checkpoint, set_mtime
 
-NOW_S = 1_700_000_000.0
-"""The pinned clock of the tests (``KF_CKPT_NOW_S``)."""
+__all__ = ["NOW_S", "RECORDED_CONFIG", "build_fixed_tree", "set_mtime"]
 
 RECORDED_CONFIG: dict[str, Any] = {
     "dir": "ckpt",
@@ -82,11 +81,3 @@ def build_fixed_tree(root: Path) -> Path:
     (root / "step_best").mkdir()
     (root / "notes.txt").write_text("keep the 7b run\n")
     return root
-
-
-def set_mtime(path: Path, mtime_s: float) -> None:
-    """Set the modification time of ``path`` and of everything under it."""
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
-            os.utime(os.path.join(dirpath, name), (mtime_s, mtime_s), follow_symlinks=False)
-    os.utime(path, (mtime_s, mtime_s))

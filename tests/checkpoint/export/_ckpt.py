@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import pickle
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
+from kempnerforge.checkpoint.export import exporter
 from kempnerforge.checkpoint.store.files import write_json_atomic
 from kempnerforge.checkpoint.store.layout import step_dir_name
 
@@ -123,3 +126,24 @@ def scribble(ranges: list[tuple[Path, int, int]]) -> None:
         with open(path, "r+b") as fh:
             fh.seek(offset)
             fh.write(b"\xa5" * length)
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    """Flip one bit of the byte at ``offset`` (a bad disk, as far as a reader can tell)."""
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0x40]))
+
+
+def corrupt_after_write(monkeypatch: pytest.MonkeyPatch, corrupt: Callable[[Path], None]) -> None:
+    """Make export damage each file it writes, after writing and before verifying it."""
+    real_write = exporter._write_file
+
+    def write_then_corrupt(*args: Any, **kwargs: Any) -> Path:
+        tmp = real_write(*args, **kwargs)
+        corrupt(tmp)
+        return tmp
+
+    monkeypatch.setattr(exporter, "_write_file", write_then_corrupt)

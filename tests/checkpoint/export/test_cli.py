@@ -12,13 +12,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from kempnerforge.checkpoint.export import exporter as export_module
-from kempnerforge.cli.main import cli
-from tests.checkpoint.export._ckpt import dcp_save, trained_model, training_state, write_checkpoint
+from tests._cli import invoke
+from tests.checkpoint.export._ckpt import (
+    corrupt_after_write,
+    dcp_save,
+    flip_byte,
+    trained_model,
+    training_state,
+    write_checkpoint,
+)
 from tests.checkpoint.export.conftest import STEP
 
 Weights = dict[str, torch.Tensor]
@@ -45,7 +50,7 @@ optimizer state: 21 tensors, 2.3 kB
 
 
 def _run(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    result = invoke(*args)
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -145,18 +150,7 @@ def test_export_exit_codes(
     code, _, err = _run("export", str(root), "--step", "99", "-o", str(tmp_path / "x"))
     assert code == 2 and "no checkpoint for step 99" in err
 
-    real_write = export_module._write_file
-
-    def write_then_corrupt(*args: object, **kwargs: object) -> Path:
-        tmp = real_write(*args, **kwargs)  # type: ignore[arg-type]
-        with open(tmp, "r+b") as fh:
-            fh.seek(-1, os.SEEK_END)
-            last = fh.read(1)
-            fh.seek(-1, os.SEEK_END)
-            fh.write(bytes([last[0] ^ 0xFF]))
-        return tmp
-
-    monkeypatch.setattr(export_module, "_write_file", write_then_corrupt)
+    corrupt_after_write(monkeypatch, lambda tmp: flip_byte(tmp, tmp.stat().st_size - 1))
     code, _, err = _run("export", str(root), "-o", str(tmp_path / "v"), "--verify")
     assert code == 1 and "verification failed" in err and "'lm_head.weight' differs" in err
     assert not (tmp_path / "v").exists()

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kempnerforge.checkpoint.export import exporter as export_module
 from kempnerforge.checkpoint.export.exporter import export_safetensors, verify_export
 from kempnerforge.errors import VerifyError
+from tests.checkpoint.export._ckpt import corrupt_after_write, flip_byte
 
 Weights = dict[str, torch.Tensor]
 
@@ -21,14 +21,6 @@ def _data_offset(path: Path, name: str) -> int:
     raw = path.read_bytes()
     (length,) = struct.unpack("<Q", raw[:8])
     return 8 + length + json.loads(raw[8 : 8 + length])[name]["data_offsets"][0]
-
-
-def _flip_byte(path: Path, offset: int) -> None:
-    with open(path, "r+b") as fh:
-        fh.seek(offset)
-        byte = fh.read(1)
-        fh.seek(offset)
-        fh.write(bytes([byte[0] ^ 0x40]))
 
 
 def test_a_good_export_verifies(weights_and_root: tuple[Weights, Path], tmp_path: Path) -> None:
@@ -44,7 +36,7 @@ def test_a_corrupted_file_is_reported(
     _, root = weights_and_root
     path = tmp_path / "w.safetensors"
     export_safetensors(root, path, dtype="float32")
-    _flip_byte(path, _data_offset(path, "layers.1.weight") + 4 * 3)  # 4th element
+    flip_byte(path, _data_offset(path, "layers.1.weight") + 4 * 3)  # 4th element
     with pytest.raises(VerifyError, match=r"'layers.1.weight' differs .*flat index 3"):
         verify_export(root, path)
 
@@ -73,14 +65,7 @@ def test_verify_during_export_publishes_nothing_on_mismatch(
     out = tmp_path / "hf"
     export_safetensors(root, out)
     before = (out / "model.safetensors").read_bytes()
-    real_write = export_module._write_file
-
-    def write_then_corrupt(*args: object, **kwargs: object) -> Path:
-        tmp = real_write(*args, **kwargs)  # type: ignore[arg-type]
-        _flip_byte(tmp, _data_offset(tmp, "norm.weight"))
-        return tmp
-
-    monkeypatch.setattr(export_module, "_write_file", write_then_corrupt)
+    corrupt_after_write(monkeypatch, lambda tmp: flip_byte(tmp, _data_offset(tmp, "norm.weight")))
     with pytest.raises(VerifyError, match=r"'norm\.weight' differs.*nothing was published"):
         export_safetensors(root, out, force=True, verify=True)
     assert (out / "model.safetensors").read_bytes() == before
