@@ -17,10 +17,9 @@ from typing import Any
 import click
 
 from kempnerforge.cli._options import config_options, human_bytes, parse_size, select_root
+from kempnerforge.config.checkpoint import EXPORT_DTYPES
 
 __all__ = ["export"]
-
-_DTYPES = ("bfloat16", "float32")
 
 
 def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
@@ -45,7 +44,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
 )
 @click.option(
     "--dtype",
-    type=click.Choice(_DTYPES),
+    type=click.Choice(EXPORT_DTYPES),
     default=None,
     help="Dtype of floating tensors (default: the config's checkpoint.export_dtype).",
 )

@@ -13,9 +13,8 @@ from typing import Any
 import click
 
 from kempnerforge.checkpoint.store.collect import (
-    DeletionFailure,
     GcResult,
-    SkippedDeletion,
+    NotDeleted,
     collect_garbage,
 )
 from kempnerforge.checkpoint.store.selection import ConfigSelection
@@ -156,7 +155,7 @@ def gc_table(result: GcResult) -> str:
     return f"{table}\n\n{summary}"
 
 
-def _problems(items: Iterable[DeletionFailure | SkippedDeletion]) -> list[dict[str, Any]]:
+def _problems(items: Iterable[NotDeleted]) -> list[dict[str, Any]]:
     return [{"step": i.step, "path": str(i.path), "reason": i.reason} for i in items]
 
 

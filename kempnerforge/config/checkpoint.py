@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
@@ -9,8 +10,6 @@ from typing import Literal
 from kempnerforge.config.registry import registry
 
 __all__ = ["AsyncCheckpointMode", "CheckpointConfig", "DynamicCheckpointWindow"]
-
-EXPORT_DTYPES: tuple[str, ...] = ("bfloat16", "float32")
 
 
 class AsyncCheckpointMode(StrEnum):
@@ -26,7 +25,11 @@ class AsyncCheckpointMode(StrEnum):
     async_pinned = "async_with_pinned_mem"
 
 
-@registry.register_dyn_ckpt_strategy("power2")
+POWER2 = "power2"
+"""The built-in window strategy (the default): ``start`` and every ``start + 2^k``."""
+
+
+@registry.register_dyn_ckpt_strategy(POWER2)
 def _power2(window: DynamicCheckpointWindow, step: int) -> bool:
     """Save at ``start`` and at every ``start + 2^k`` that is ``<= stop``."""
     offset = step - window.start
@@ -60,7 +63,7 @@ class DynamicCheckpointWindow:
     stop: int
     """Last step of the window (inclusive, ``>= start``)."""
 
-    strategy: str = "power2"
+    strategy: str = POWER2
     """Name of a registered strategy (see :mod:`kempnerforge.config.registry`)."""
 
     def __post_init__(self) -> None:
@@ -193,3 +196,9 @@ class CheckpointConfig:
         """
         window = self.dyn_ckpt_window
         return window is not None and window.fires(step)
+
+
+EXPORT_DTYPES: tuple[str, ...] = tuple(
+    sorted(typing.get_args(typing.get_type_hints(CheckpointConfig)["export_dtype"]))
+)
+"""The dtypes an export may write, read from the ``export_dtype`` annotation (its one spelling)."""

@@ -36,21 +36,30 @@ __all__ = [
 _WINDOW_KEY = "dyn_ckpt_window"
 _CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(CheckpointConfig))
 _WINDOW_FIELDS = tuple(f.name for f in dataclasses.fields(DynamicCheckpointWindow))
-# Annotations as written (``from __future__ import annotations`` keeps them as strings).
-_KINDS: dict[str, str] = {
-    "dir": "str",
-    "interval": "int",
-    "async_mode": "async_mode",
-    "keep_last_n": "int",
-    "load_path": "str?",
-    "export_dtype": "str",
-    "exclude_from_loading": "list[str]",
-    "ignore_freeze_mismatch": "bool",
-    "start": "int",
-    "stop": "int",
-    "strategy": "str",
+# How a value of each annotation (as written: ``from __future__ import annotations`` keeps them
+# as strings) is type-checked and coerced. A field with an annotation not listed here fails at
+# import, so a new field cannot be forgotten.
+_KIND_OF_ANNOTATION = {
+    "int": "int",
+    "str": "str",
+    "str | None": "str?",
+    "bool": "bool",
+    "list[str]": "list[str]",
+    "AsyncCheckpointMode": "async_mode",
 }
-assert set(_KINDS) == (set(_CONFIG_FIELDS) | set(_WINDOW_FIELDS)) - {_WINDOW_KEY}
+
+
+def _kind(annotation: str) -> str:
+    # A Literal of strings is checked as a string here; __post_init__ checks the allowed values.
+    return "str" if annotation.startswith("Literal[") else _KIND_OF_ANNOTATION[annotation]
+
+
+_KINDS: dict[str, str] = {
+    f.name: _kind(str(f.type))
+    for cls in (CheckpointConfig, DynamicCheckpointWindow)
+    for f in dataclasses.fields(cls)
+    if f.name != _WINDOW_KEY
+}
 
 
 def _valid(fields: Iterable[str], prefix: str) -> str:

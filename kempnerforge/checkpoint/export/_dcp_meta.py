@@ -32,6 +32,7 @@ from torch.distributed.checkpoint.metadata import (
     TensorStorageMetadata,
 )
 
+from kempnerforge.checkpoint.export._dcp_failure import describe_failure
 from kempnerforge.checkpoint.store.layout import (
     DCP_METADATA,
     parse_step,
@@ -254,18 +255,9 @@ def load_tensors(
                 )
         except CheckpointException as exc:  # a BaseException: must be named to be caught
             raise ExportError(
-                f"cannot read the tensors of {dcp_dir}: {_first_failure(exc)}; the checkpoint "
+                f"cannot read the tensors of {dcp_dir}: {describe_failure(exc)}; the checkpoint "
                 f"is corrupt, export another step (see 'kf-ckpt ls {part.step_dir.parent}')"
             ) from exc
         for fqn, tensor in state_dict.items():
             loaded[names[f"{dcp_dir}\0{fqn}"]] = tensor
     return loaded
-
-
-def _first_failure(exc: CheckpointException) -> str:
-    """The first rank's exception, in one line (``str(exc)`` is a multi-line traceback)."""
-    for failure in exc.failures.values():
-        inner = failure[0] if isinstance(failure, tuple) else failure
-        lines = str(inner).strip().splitlines()
-        return f"{type(inner).__name__}: {lines[0]}" if lines else type(inner).__name__
-    return "CheckpointException"

@@ -14,13 +14,12 @@ import contextlib
 import json
 import os
 import re
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kempnerforge.checkpoint.export._safetensors_io import TEMP_MARK, temp_path
-from kempnerforge.checkpoint.store.files import fsync_dir
+from kempnerforge.checkpoint.export._safetensors_io import temp_path
+from kempnerforge.checkpoint.store.files import TempName, fsync_dir, parse_temp_name
 from kempnerforge.errors import ExportError, OutputExistsError
 
 __all__ = [
@@ -40,7 +39,6 @@ __all__ = [
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 _SHARD_RE = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
-_TEMP_RE = re.compile(rf"\.(?P<name>.+){re.escape(TEMP_MARK)}(?P<host>.+)\.(?P<pid>\d+)")
 
 
 def shard_names(count: int) -> list[str]:
@@ -160,17 +158,18 @@ def discard(temps: Sequence[Path], created_dirs: Sequence[Path]) -> None:
 def remove_stale_temps(target: OutputTarget) -> list[Path]:
     """Delete temporary files that a killed export on this host left where ``target`` goes.
 
-    Only hidden ``.<export file>.kf-tmp-<host>.<pid>`` names are considered, and only when
+    Only the temp names of export files (see
+    :func:`~kempnerforge.checkpoint.store.files.temp_name`) are considered, and only when
     ``<host>`` is this machine and no process ``<pid>`` runs (on a shared file system another
     node's export may still be writing its own). Returns the files removed.
     """
     removed: list[Path] = []
-    host = socket.gethostname()
-    for path, match in _temps(target.directory):
-        ours = _is_export_file(match["name"]) or (
-            target.single_file and match["name"] == target.path.name
+    host = os.uname().nodename
+    for path, temp in _temps(target.directory):
+        ours = _is_export_file(temp.final) or (
+            target.single_file and temp.final == target.path.name
         )
-        if not ours or match["host"] != host or _alive(int(match["pid"])):
+        if not ours or temp.host != host or _alive(temp.pid):
             continue
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -178,9 +177,9 @@ def remove_stale_temps(target: OutputTarget) -> list[Path]:
     return removed
 
 
-def _temps(directory: Path) -> list[tuple[Path, re.Match[str]]]:
+def _temps(directory: Path) -> list[tuple[Path, TempName]]:
     with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-        return [(p, m) for p in directory.iterdir() if (m := _TEMP_RE.fullmatch(p.name))]
+        return [(p, t) for p in directory.iterdir() if (t := parse_temp_name(p.name))]
     return []
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import struct
 import sys
 from collections.abc import Sequence
@@ -23,11 +22,11 @@ from typing import BinaryIO
 
 import torch
 
+from kempnerforge.checkpoint.store.files import temp_name
 from kempnerforge.errors import ExportError
 
 __all__ = [
     "SAFETENSORS_DTYPES",
-    "TEMP_MARK",
     "SafetensorsWriter",
     "TensorSpec",
     "encode_header",
@@ -85,16 +84,9 @@ def encode_header(specs: Sequence[TensorSpec], metadata: dict[str, str]) -> byte
     return struct.pack("<Q", len(raw)) + raw
 
 
-TEMP_MARK = ".kf-tmp-"
-
-
 def temp_path(final: Path) -> Path:
-    """The hidden sibling a file is written to before it is renamed to ``final``.
-
-    ``.<name>.kf-tmp-<host>.<pid>``: the writer's host and pid tell a later export whether the
-    file is left over from a killed run (same host, no such process) or still being written.
-    """
-    return final.with_name(f".{final.name}{TEMP_MARK}{socket.gethostname()}.{os.getpid()}")
+    """The hidden sibling a file is written to before it is renamed to ``final``."""
+    return final.with_name(temp_name(final.name))
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> memoryview:

@@ -18,6 +18,7 @@ from typing import Any
 from kempnerforge.checkpoint.store.files import (
     fsync_dir,
     read_latest,
+    unique_suffix,
     update_latest,
     write_json_atomic,
 )
@@ -100,7 +101,7 @@ def _move_aside(root: Path, step_dir: Path) -> None:
     """
     from kempnerforge.checkpoint.store._trash import move_to_trash, open_trash
 
-    trash_name = f"{step_dir.name}.replaced.{os.urandom(6).hex()}"
+    trash_name = f"{step_dir.name}.replaced.{unique_suffix()}"
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
     try:
         with contextlib.ExitStack() as fds:

@@ -34,6 +34,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 
+from kempnerforge.checkpoint.export._dcp_failure import describe_failure
 from kempnerforge.errors import CheckpointSaveError, KempnerForgeError
 
 __all__ = [
@@ -41,7 +42,6 @@ __all__ = [
     "CheckpointGroups",
     "PendingSave",
     "dedicated_gloo_group",
-    "describe_failure",
 ]
 
 logger = logging.getLogger(__name__)
@@ -56,18 +56,6 @@ class PendingSave:
     step: int
     path: Path
     future: Future[Any]
-
-
-def describe_failure(exc: BaseException) -> str:
-    """A one-line cause: per failed rank for DCP's CheckpointException (which holds tracebacks)."""
-    failures = getattr(exc, "failures", None)
-    if isinstance(failures, dict) and failures:
-        parts = []
-        for rank, wrapped in sorted(failures.items()):
-            err = wrapped[0] if isinstance(wrapped, tuple) else wrapped
-            parts.append(f"rank {rank}: {type(err).__name__}: {err}")
-        return "; ".join(parts)
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _warn_no_pinning_once() -> None:

@@ -41,6 +41,7 @@ import stat
 import time
 from typing import TYPE_CHECKING, Any
 
+from kempnerforge.checkpoint.store.files import parse_temp_name, temp_name
 from kempnerforge.checkpoint.store.layout import CACHE_NAME, METADATA_JSON
 
 if TYPE_CHECKING:
@@ -53,7 +54,6 @@ RACY_WINDOW_S = 2.0
 MAX_CACHE_BYTES = 256 * 2**20
 """A cache file larger than this is ignored (an entry is well under 1 kB)."""
 _FORMAT, _VERSION = "kf-ckpt-scan-cache", 1
-_TEMP_SUFFIX = ".tmp"
 _STALE_TEMP_S = 600.0  # a temp file older than this was left by a killed writer
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -61,7 +61,10 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEX
 
 def is_cache_entry(name: str) -> bool:
     """``name`` is the cache file or one of its temp files (toolkit entries, not reported)."""
-    return name == CACHE_NAME or (name.startswith(CACHE_NAME + ".") and name.endswith(_TEMP_SUFFIX))
+    if name == CACHE_NAME:
+        return True
+    temp = parse_temp_name(name)
+    return temp is not None and temp.final == CACHE_NAME
 
 
 _Entry = list[Any]
@@ -152,8 +155,7 @@ class ScanCache:
         if not self._changed and len(self._fresh) == len(self._loaded):
             return
         data = json.dumps(_document(self._fresh), separators=(",", ":")).encode()
-        # os.urandom, not secrets: importing secrets (hashlib, OpenSSL) costs every scan ~7 ms.
-        tmp = f"{CACHE_NAME}.{os.urandom(6).hex()}{_TEMP_SUFFIX}"
+        tmp = temp_name(CACHE_NAME)
         try:
             fd = os.open(tmp, _WRITE_FLAGS, 0o644, dir_fd=self._root_fd)
             try:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kempnerforge.checkpoint.store._scan_cache import ScanCache, is_cache_entry
-from kempnerforge.checkpoint.store.files import LatestLink, read_latest
+from kempnerforge.checkpoint.store.files import LatestLink, parse_temp_name, read_latest
 from kempnerforge.checkpoint.store.layout import (
     CACHE_NAME,
     LATEST_NAME,
@@ -231,6 +231,8 @@ def _skipped(
         reason = latest.warning or f"the latest link -> {latest.target}"
     elif name == LOCK_NAME:
         reason = "the gc lock file"
+    elif parse_temp_name(name) is not None:
+        reason = "a file being published (written under a temp name, then renamed into place)"
     elif name == TRASH_NAME:
         real = entry.is_dir(follow_symlinks=False)
         reason = (

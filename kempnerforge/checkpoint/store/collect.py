@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ from kempnerforge.checkpoint.store._trash import (
     remove_tree,
 )
 from kempnerforge.checkpoint.store.catalog import Catalog, check_root, scan
-from kempnerforge.checkpoint.store.files import read_latest
+from kempnerforge.checkpoint.store.files import read_latest, unique_suffix
 from kempnerforge.checkpoint.store.layout import (
     TRASH_NAME,
     check_complete,
@@ -49,9 +48,8 @@ from kempnerforge.errors import RetentionError
 
 __all__ = [
     "ApplyResult",
-    "DeletionFailure",
     "GcResult",
-    "SkippedDeletion",
+    "NotDeleted",
     "apply_plan",
     "collect_garbage",
     "hold_lock",
@@ -62,17 +60,9 @@ _VANISHED = "vanished"  # _recheck's verdict for a victim that is already gone
 
 
 @dataclass(frozen=True, kw_only=True)
-class DeletionFailure:
-    """A victim that could not be deleted, and why."""
-
-    step: int
-    path: Path
-    reason: str
-
-
-@dataclass(frozen=True, kw_only=True)
-class SkippedDeletion:
-    """A victim the re-check under the lock refused to delete (not an error), and why."""
+class NotDeleted:
+    """A victim that was not deleted, and why: it failed, or the re-check under the lock
+    refused it (not an error); :class:`ApplyResult` keeps the two apart."""
 
     step: int
     path: Path
@@ -86,8 +76,8 @@ class ApplyResult:
     deleted: tuple[Decision, ...] = ()
     vanished: tuple[Decision, ...] = ()
     """Victims already gone when their turn came (counted as done, no bytes freed)."""
-    failed: tuple[DeletionFailure, ...] = ()
-    skipped: tuple[SkippedDeletion, ...] = ()
+    failed: tuple[NotDeleted, ...] = ()
+    skipped: tuple[NotDeleted, ...] = ()
     bytes_freed: int = 0
     trash_cleared: int = 0
     """Entries left in the trash by an interrupted run that this run removed."""
@@ -190,8 +180,8 @@ def apply_plan(plan: RetentionPlan, *, wait_lock_s: float = 0.0) -> ApplyResult:
 class _Progress:
     deleted: list[Decision]
     vanished: list[Decision]
-    failed: list[DeletionFailure]
-    skipped: list[SkippedDeletion]
+    failed: list[NotDeleted]
+    skipped: list[NotDeleted]
 
 
 def _apply_locked(plan: RetentionPlan) -> ApplyResult:
@@ -252,10 +242,10 @@ def _move_to_trash(
             continue
         if refusal is not None:
             progress.skipped.append(
-                SkippedDeletion(step=decision.step, path=decision.path, reason=refusal)
+                NotDeleted(step=decision.step, path=decision.path, reason=refusal)
             )
             continue
-        trash_name = f"{name}.{secrets.token_hex(6)}"
+        trash_name = f"{name}.{unique_suffix()}"
         try:
             move_to_trash(root_fd, name, trash_fd, trash_name)
         except FileNotFoundError:
@@ -301,5 +291,5 @@ def _drop_trash_if_empty(root_fd: int) -> None:
         os.rmdir(TRASH_NAME, dir_fd=root_fd)
 
 
-def _failure(decision: Decision, reason: str) -> DeletionFailure:
-    return DeletionFailure(step=decision.step, path=decision.path, reason=reason)
+def _failure(decision: Decision, reason: str) -> NotDeleted:
+    return NotDeleted(step=decision.step, path=decision.path, reason=reason)

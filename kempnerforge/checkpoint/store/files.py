@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,60 @@ from typing import Any
 from kempnerforge.checkpoint.store.layout import LATEST_NAME, parse_step, step_dir_name
 
 __all__ = [
+    "TEMP_MARK",
     "LatestLink",
+    "TempName",
     "fsync_dir",
+    "parse_temp_name",
     "read_latest",
+    "temp_name",
+    "unique_suffix",
     "update_latest",
     "write_bytes_atomic",
     "write_json_atomic",
 ]
+
+
+TEMP_MARK = ".kf-tmp-"
+_TEMP_RE = re.compile(
+    rf"\.(?P<final>.+){re.escape(TEMP_MARK)}(?P<host>.+)\.(?P<pid>\d+)\.[0-9a-f]+"
+)
+
+
+def unique_suffix() -> str:
+    """12 random hex digits, for names that must not collide (temp files, trash entries).
+
+    ``os.urandom``, not :mod:`secrets`: importing secrets (hashlib, OpenSSL) costs a ``kf-ckpt
+    ls`` about 7 ms for nothing.
+    """
+    return os.urandom(6).hex()
+
+
+def temp_name(final: str) -> str:
+    """The hidden sibling name a file is written under before it is renamed to ``final``.
+
+    ``.<final>.kf-tmp-<host>.<pid>.<random>``: the writer's host and pid let a later run tell a
+    file left by a killed writer (same host, no such process) from one still being written, and
+    the random part keeps two threads of one process apart.
+    """
+    return f".{final}{TEMP_MARK}{os.uname().nodename}.{os.getpid()}.{unique_suffix()}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TempName:
+    """What a :func:`temp_name` says: the file it will become, and who writes it."""
+
+    final: str
+    host: str
+    pid: int
+
+
+def parse_temp_name(name: str) -> TempName | None:
+    """The parts of a :func:`temp_name`, or None for any other name."""
+    match = _TEMP_RE.fullmatch(name)
+    if match is None:
+        return None
+    return TempName(final=match["final"], host=match["host"], pid=int(match["pid"]))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,7 +131,7 @@ def fsync_dir(path: Path) -> None:
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Publish ``data`` at ``path`` atomically: write a sibling temp file, fsync, ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    tmp = path.with_name(temp_name(path.name))
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -104,7 +152,7 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 def update_latest(root: Path, step: int) -> None:
     """Point ``<root>/latest`` at ``step_<step>`` atomically (symlink a temp name, then rename)."""
-    tmp = root / f".{LATEST_NAME}.tmp.{os.getpid()}"
+    tmp = root / temp_name(LATEST_NAME)
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     os.symlink(step_dir_name(step), tmp)

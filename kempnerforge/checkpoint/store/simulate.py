@@ -31,7 +31,7 @@ from kempnerforge.checkpoint.store.catalog import Catalog, CheckpointInfo
 from kempnerforge.checkpoint.store.files import LatestLink
 from kempnerforge.checkpoint.store.layout import step_dir_name
 from kempnerforge.checkpoint.store.retention import Reason, RetentionPlan, plan_retention
-from kempnerforge.config.checkpoint import CheckpointConfig
+from kempnerforge.config.checkpoint import POWER2, CheckpointConfig
 
 __all__ = ["RunSimulation", "SimulatedSave", "save_steps", "simulate_run"]
 
@@ -99,7 +99,7 @@ def save_steps(config: CheckpointConfig, max_steps: int) -> list[int]:
     if window is None:
         return list(range(interval, max_steps + 1, interval))
     lo, hi = max(1, window.start), min(window.stop, max_steps)
-    if window.strategy == "power2":
+    if window.strategy == POWER2:  # enumerated directly; other strategies are asked per step
         candidates: list[int] = [window.start] if window.start >= 1 else []
         offset = 1
         while window.start + offset <= hi:

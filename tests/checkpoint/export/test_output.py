@@ -139,10 +139,10 @@ def test_temp_files_of_a_killed_export_on_this_host_are_removed(
     finished = subprocess.Popen(["true"])
     finished.wait()  # its pid runs no more: like an export killed with SIGKILL
     host = socket.gethostname()
-    stale = out / f".model.safetensors.kf-tmp-{host}.{finished.pid}"
-    running = out / f".model-00001-of-00002.safetensors.kf-tmp-{host}.{os.getppid()}"
-    other_node = out / f".model.safetensors.kf-tmp-node42.{finished.pid}"
-    not_ours = out / f".notes.txt.kf-tmp-{host}.{finished.pid}"
+    stale = out / f".model.safetensors.kf-tmp-{host}.{finished.pid}.00ff"
+    running = out / f".model-00001-of-00002.safetensors.kf-tmp-{host}.{os.getppid()}.00ff"
+    other_node = out / f".model.safetensors.kf-tmp-node42.{finished.pid}.00ff"
+    not_ours = out / f".notes.txt.kf-tmp-{host}.{finished.pid}.00ff"
     for path in (stale, running, other_node, not_ours):
         path.write_text("partial")
 

@@ -15,7 +15,7 @@ import pytest
 from kempnerforge.checkpoint.store._walk import stamp_of
 from kempnerforge.checkpoint.store.catalog import Catalog, scan
 from kempnerforge.checkpoint.store.collect import collect_garbage
-from kempnerforge.checkpoint.store.files import update_latest
+from kempnerforge.checkpoint.store.files import temp_name, update_latest
 from kempnerforge.checkpoint.store.layout import CACHE_NAME, DCP_METADATA
 from kempnerforge.config.checkpoint import CheckpointConfig
 from tests.checkpoint._trees import (
@@ -239,7 +239,7 @@ def test_a_cache_path_that_is_a_directory_is_left_alone(tmp_path: Path) -> None:
 
 def test_stale_temp_files_are_removed_and_never_reported(tmp_path: Path) -> None:
     root = _aged_tree(tmp_path / "ckpt")
-    stale, fresh = root / f"{CACHE_NAME}.dead.tmp", root / f"{CACHE_NAME}.live.tmp"
+    stale, fresh = root / temp_name(CACHE_NAME), root / temp_name(CACHE_NAME)
     stale.write_text("left by a killed scan")
     os.utime(stale, (OLD_S, OLD_S))
     fresh.write_text("another scan is writing this one")
