@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from kempnerforge.cli._options import human_bytes
 from kempnerforge.config.loader import config_to_dict
 
 if TYPE_CHECKING:
@@ -190,3 +189,13 @@ def skipped_document(catalog: Catalog) -> list[dict[str, Any]]:
         {"name": s.name, "path": str(s.path), "reason": s.reason, "toolkit_entry": s.toolkit_entry}
         for s in catalog.skipped
     ]
+
+
+def human_bytes(n: int) -> str:
+    """Decimal units, as ``du -h --si`` and disk quotas use: ``1.9 GB``."""
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(value) < 1000 or unit == "TB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")

@@ -16,7 +16,8 @@ from typing import Any
 
 import click
 
-from kempnerforge.cli._options import config_options, human_bytes, parse_size, select_root
+from kempnerforge.cli._options import config_options, parse_size
+from kempnerforge.cli._render import human_bytes
 from kempnerforge.config.checkpoint import EXPORT_DTYPES
 
 __all__ = ["export"]
@@ -78,12 +79,9 @@ def export(
     Floating tensors are cast to --dtype; integer and bool tensors keep theirs.
     """
     from kempnerforge.checkpoint.export.exporter import export_safetensors
-    from kempnerforge.checkpoint.store.selection import resolve_checkpoint, select_config
+    from kempnerforge.checkpoint.store.selection import select_checkpoint
 
-    root, selection = select_root(src, config_path, overrides)
-    step_dir = resolve_checkpoint(root, step)
-    if step_dir.parent != root:  # SRC is a step_N dir: its run's config is recorded in its root
-        selection = select_config(step_dir.parent, config_path, overrides)
+    step_dir, selection = select_checkpoint(src, config_path, overrides, step)
     with contextlib.ExitStack() as stack:
         result = export_safetensors(
             step_dir,

@@ -17,8 +17,8 @@ from kempnerforge.checkpoint.store.collect import (
     NotDeleted,
     collect_garbage,
 )
-from kempnerforge.checkpoint.store.selection import ConfigSelection
-from kempnerforge.cli._options import config_options, select_root
+from kempnerforge.checkpoint.store.selection import ConfigSelection, select_root
+from kempnerforge.cli._options import config_options
 from kempnerforge.cli._render import (
     FORMAT_VERSION,
     catalog_warnings,

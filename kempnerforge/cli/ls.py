@@ -11,8 +11,8 @@ import click
 
 from kempnerforge.checkpoint.store.catalog import Catalog, CheckpointInfo
 from kempnerforge.checkpoint.store.retention import Decision, Reason, RetentionPlan, plan_retention
-from kempnerforge.checkpoint.store.selection import ConfigSelection
-from kempnerforge.cli._options import config_options, gc_paused, scan_root
+from kempnerforge.checkpoint.store.selection import ConfigSelection, scan_root
+from kempnerforge.cli._options import config_options, gc_paused
 from kempnerforge.cli._render import (
     FORMAT_VERSION,
     catalog_warnings,

@@ -12,13 +12,14 @@ from typing import Any
 
 import click
 
-from kempnerforge.checkpoint.store.selection import ConfigSelection
+from kempnerforge.checkpoint.store.selection import ConfigSelection, select_root
 from kempnerforge.checkpoint.store.simulate import RunSimulation, SimulatedSave, simulate_run
-from kempnerforge.cli._options import config_options, human_bytes, parse_size, select_root
+from kempnerforge.cli._options import config_options, parse_size
 from kempnerforge.cli._render import (
     FORMAT_VERSION,
     config_document,
     echo_json,
+    human_bytes,
     plural,
     reason_text,
     render_table,

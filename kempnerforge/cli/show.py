@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 
 import click
-from tabulate import tabulate
 
-from kempnerforge.cli._options import human_bytes
+from kempnerforge.cli._render import human_bytes, render_table
 
 __all__ = ["show"]
 
@@ -40,19 +39,19 @@ def show(src: str, step: int | None, as_json: bool) -> None:
         return
     with_stage = contents.pp_stages is not None
     rows = [
-        [
+        (
             t.name,
             "[" + ", ".join(str(d) for d in t.shape) + "]",
             t.dtype,
             human_bytes(t.size_bytes),
             *([f"pp{t.stage}"] if with_stage else []),
-        ]
+        )
         for t in contents.tensors
     ]
-    headers = ["name", "shape", "dtype", "size", *(["stage"] if with_stage else [])]
+    headers = ("name", "shape", "dtype", "size", *(["stage"] if with_stage else []))
     tokens = f", {contents.tokens_seen:,} tokens seen" if contents.tokens_seen is not None else ""
     click.echo(f"{contents.step_dir} (step {contents.step}{tokens})")
-    click.echo(tabulate(rows, headers=headers, disable_numparse=True))
+    click.echo(render_table(rows, headers, "l" * len(headers)))
     click.echo(f"model: {len(contents.tensors)} tensors, {human_bytes(contents.model_size_bytes)}")
     click.echo(
         f"optimizer state: {contents.optimizer_tensors} tensors, "

@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from kempnerforge.checkpoint.store.catalog import Catalog, scan
-from kempnerforge.cli._options import gc_paused, scan_root, select_root
+from kempnerforge.checkpoint.store.selection import scan_root, select_root
+from kempnerforge.cli._options import gc_paused
 from kempnerforge.cli.main import cli
 from kempnerforge.errors import CheckpointRootError, ConfigError
 from tests.checkpoint._trees import as_unprivileged, make_checkpoint, unprivileged_dir

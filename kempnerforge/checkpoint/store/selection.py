@@ -11,8 +11,7 @@ a second time.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +28,7 @@ from kempnerforge.checkpoint.store.layout import (
 )
 from kempnerforge.config.checkpoint import CheckpointConfig
 from kempnerforge.config.loader import config_from_dict, load_config
-from kempnerforge.errors import ConfigError
+from kempnerforge.errors import CheckpointRootError, ConfigError
 
 if TYPE_CHECKING:
     from kempnerforge.checkpoint.store.catalog import Catalog
@@ -40,7 +39,10 @@ __all__ = [
     "recorded_config",
     "recorded_config_of",
     "resolve_checkpoint",
+    "scan_root",
+    "select_checkpoint",
     "select_config",
+    "select_root",
 ]
 
 
@@ -64,15 +66,7 @@ def recorded_config(root: Path) -> tuple[CheckpointConfig, Path] | None:
     """
     if not root.is_dir():
         return None
-    with os.scandir(root) as it:
-        steps = [
-            (step, entry.name)
-            for entry in it
-            if (step := parse_step(entry.name)) is not None and entry.is_dir(follow_symlinks=False)
-        ]
-    steps.sort(reverse=True)
-    for _, name in steps:
-        step_dir = root / name
+    for _, step_dir in reversed(list_step_dirs(root)):
         data = read_metadata_json(step_dir).data
         if data is not None and isinstance(data.get("checkpoint"), dict):
             return _parsed(data["checkpoint"], step_dir / METADATA_JSON)
@@ -132,6 +126,69 @@ def select_config(
             config=load_config(None, overrides, base=config), source="recorded", source_path=path
         )
     return ConfigSelection(config=load_config(None, overrides), source="defaults")
+
+
+def select_root(
+    directory: str | None, config_path: str | None, overrides: Sequence[str]
+) -> tuple[Path, ConfigSelection]:
+    """The checkpoint root a command works on and the config selected for it.
+
+    ``DIR`` when given, else ``checkpoint.dir`` of the job file / overrides / defaults; the config
+    is then selected for that root (job file, else the one recorded in its newest checkpoint,
+    else the defaults; overrides on top).
+    """
+    if directory is not None:
+        root = Path(directory)
+    elif config_path is not None:
+        selection = select_config(None, config_path, overrides)
+        return Path(selection.config.dir), selection
+    else:
+        root = Path(select_config(None, None, overrides).config.dir)
+    return root, select_config(root, config_path, overrides)
+
+
+def scan_root(
+    directory: str | None, config_path: str | None, overrides: Sequence[str]
+) -> tuple[Catalog, ConfigSelection]:
+    """:func:`select_root`, and the scan of that root, with one pass over the root.
+
+    The root is scanned first and the recorded config is taken from the catalog (the scan
+    reads every metadata.json anyway), instead of reading the newest ones a second time. The
+    config and the errors are those of :func:`select_root` followed by ``scan(root)``: a bad
+    ``--set`` is reported before a missing root.
+    """
+    from kempnerforge.checkpoint.store.catalog import scan
+
+    if config_path is not None:
+        selection = select_config(None, config_path, overrides)
+        root = Path(directory) if directory is not None else Path(selection.config.dir)
+        return scan(root), selection
+    if directory is not None:
+        root = Path(directory)
+    else:
+        root = Path(select_config(None, None, overrides).config.dir)
+    try:
+        catalog = scan(root)
+    except CheckpointRootError:
+        select_config(None, None, overrides)  # a bad override is named first, as select_root does
+        raise
+    return catalog, select_config(root, None, overrides, catalog=catalog)
+
+
+def select_checkpoint(
+    src: str | None, config_path: str | None, overrides: Sequence[str], step: int | None
+) -> tuple[Path, ConfigSelection]:
+    """The complete checkpoint a one-checkpoint command reads, and the config of its run.
+
+    ``src`` is a checkpoint root (``None``: ``checkpoint.dir`` of the config) with ``step``
+    picking the checkpoint (default the newest complete one), or one checkpoint directory,
+    whose run's config is the one recorded in its parent root.
+    """
+    root, selection = select_root(src, config_path, overrides)
+    step_dir = resolve_checkpoint(root, step)
+    if step_dir.parent != root:  # src is a checkpoint dir: its run's config is in its root
+        selection = select_config(step_dir.parent, config_path, overrides)
+    return step_dir, selection
 
 
 def newest_complete(root: Path) -> Path | None:
