@@ -91,6 +91,8 @@ _REASON_TEXT = {
     "within_keep_last_n": "within keep_last_n={}",
     "newest_complete": "newest complete",
     "keep_all": "keep_last_n={} keeps all",
+    "pinned": "pinned",
+    "no_policy": "no retention policy",
     "beyond_keep_last_n": "beyond keep_last_n={}",
     "abandoned_incomplete": "abandoned incomplete save",
 }

@@ -17,6 +17,7 @@ from kempnerforge.checkpoint.store.collect import (
     NotDeleted,
     collect_garbage,
 )
+from kempnerforge.checkpoint.store.retention import Reason
 from kempnerforge.checkpoint.store.selection import ConfigSelection, select_root
 from kempnerforge.cli._options import config_options
 from kempnerforge.cli._render import (
@@ -70,7 +71,7 @@ def gc(
     and deleted, why, and the bytes freed.
 
     Never deleted: the latest target, dynamic milestones (by the config's window or the flag
-    recorded in metadata.json), saves that may still be in flight, the newest keep_last_n
+    recorded in metadata.json), pinned checkpoints ('kf-ckpt pin'), saves that may still be in flight, the newest keep_last_n
     complete checkpoints and the newest complete one, and anything that is not a step_<N>
     directory in DIR. Scan, plan and deletion happen under DIR's lock, the one training takes.
 
@@ -129,6 +130,8 @@ def gc_table(result: GcResult) -> str:
     for d in plan.decisions:
         outcome, note = outcomes.get(d.step, ("kept", None))
         why = reason_text(d.reason, plan.keep_last_n)
+        if d.reason is Reason.pinned:
+            why += _pin_note(result, d.step)
         action = _OUTCOME_TEXT[outcome]
         rows.append((d.step, human_bytes(d.size_bytes), action, f"{why}; {note}" if note else why))
     if not rows:
@@ -153,6 +156,12 @@ def gc_table(result: GcResult) -> str:
     if applied is not None and applied.trash_cleared:
         summary += f"; removed {applied.trash_cleared} leftover trash entries"
     return f"{table}\n\n{summary}"
+
+
+def _pin_note(result: GcResult, step: int) -> str:
+    info = result.catalog.get(step)
+    pin = None if info is None else info.pin
+    return f": {pin.note}" if pin is not None and pin.note else ""
 
 
 def _problems(items: Iterable[NotDeleted]) -> list[dict[str, Any]]:

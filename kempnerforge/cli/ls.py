@@ -5,6 +5,7 @@ The command, and its view of a catalog and a retention plan: the table and the J
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -29,39 +30,135 @@ from kempnerforge.cli._render import (
     skipped_document,
 )
 
-__all__ = ["ls", "ls_document", "ls_table"]
+__all__ = ["FILTERS", "LsView", "ls", "ls_document", "ls_table"]
+
+
+FILTERS = ("pinned", "milestone", "deletable", "incomplete")
+"""The kinds ``--filter`` selects (repeatable; a checkpoint of any of them is shown)."""
+
+_Row = tuple[CheckpointInfo, Decision | None, str, bool]
+"""(checkpoint, gc decision, status, milestone) of one line of the listing."""
+
+
+def _sort_key(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    key = value.strip()
+    name = key.removeprefix("-")
+    if name in ("step", "size", "age") or (name.startswith("metric:") and len(name) > 7):
+        return key
+    raise click.BadParameter(
+        f"{value!r} is not a sort key; use step, size, age or metric:NAME, with a leading - "
+        "for descending order (e.g. --sort=-size, --sort metric:eval_loss)"
+    )
 
 
 @click.command("ls")
 @click.argument("directory", metavar="[DIR]", required=False)
 @config_options
+@click.option(
+    "--metric",
+    "metrics",
+    multiple=True,
+    metavar="NAME",
+    help="Add a column with this metric recorded at save time (repeatable).",
+)
+@click.option(
+    "--sort",
+    "sort_key",
+    default="step",
+    show_default=True,
+    callback=_sort_key,
+    metavar="KEY",
+    help="Order by step, size, age or metric:NAME, ascending; prefix - for descending "
+    "(--sort=-size). Checkpoints without the metric come last.",
+)
+@click.option(
+    "--filter",
+    "filters",
+    multiple=True,
+    type=click.Choice(FILTERS),
+    help="Show only pinned, milestone, deletable (gc would delete it) or incomplete "
+    "checkpoints (repeatable: any of them).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
 def ls(
-    directory: str | None, config_path: str | None, overrides: tuple[str, ...], as_json: bool
+    directory: str | None,
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    metrics: tuple[str, ...],
+    sort_key: str,
+    filters: tuple[str, ...],
+    as_json: bool,
 ) -> None:
     """List the checkpoints under DIR, oldest first: step, status (complete, incomplete,
-    in-flight), size, tokens seen, age, marks (latest, milestone), and what gc would do with it
-    and why. The footer gives the count, the total size and what gc would free.
+    in-flight), size, tokens seen, age, marks (latest, milestone, pinned), and what gc would do
+    with it and why; the note of each pin. The footer gives the count, the total size and what
+    gc would free.
 
-    DIR defaults to checkpoint.dir of the config: the job file (--config), else the config
-    recorded in the newest checkpoint, else the defaults; --set overrides apply on top. Entries
-    that are not checkpoints, and unreadable files, are reported on stderr.
+    --metric adds a column per metric recorded with the save (save(..., metrics=...)); --sort
+    and --filter pick the order and the rows, also of --json. Without a retention policy (no
+    job file, no config recorded in the root, no keep_last_n given), every checkpoint is listed
+    as kept: gc deletes nothing then.
 
-    Example: kf-ckpt ls runs/llama/checkpoints --json
+    DIR defaults to checkpoint.dir of the config: the job file (--config), else the policy
+    recorded by 'kf-ckpt mark', else the config recorded in the newest checkpoint that has one,
+    else the defaults; --set overrides apply on top. Entries that are not checkpoints, and
+    unreadable files, are reported on stderr.
+
+    Example: kf-ckpt ls runs/llama/checkpoints --metric eval_loss --sort metric:eval_loss
     """
     with gc_paused():
         catalog, selection = scan_root(directory, config_path, overrides)
         plan = plan_retention(catalog, selection.config)
         echo_warnings(catalog_warnings(catalog))
+        view = LsView(metrics=metrics, sort=sort_key, filters=filters)
         if as_json:
-            echo_json(ls_document(catalog, plan, selection))
+            echo_json(ls_document(catalog, plan, selection, view=view))
         else:
-            click.echo(ls_table(catalog, plan, selection, now_s=now_s()))
+            click.echo(ls_table(catalog, plan, selection, now_s=now_s(), view=view))
 
 
-def _ls_rows(
-    catalog: Catalog, plan: RetentionPlan, selection: ConfigSelection
-) -> list[tuple[CheckpointInfo, Decision | None, str, bool]]:
+class LsView:
+    """Which rows, in which order, with which metric columns (``--filter``, ``--sort``, ``--metric``)."""
+
+    def __init__(
+        self, *, metrics: tuple[str, ...] = (), sort: str = "step", filters: tuple[str, ...] = ()
+    ) -> None:
+        self.metrics = tuple(dict.fromkeys(metrics))  # a repeated name is one column
+        self.sort = sort
+        self.filters = tuple(dict.fromkeys(filters))
+
+    def rows(self, rows: list[_Row]) -> list[_Row]:
+        """``rows`` (oldest first) filtered, then sorted; ties stay oldest first."""
+        if self.filters:
+            rows = [row for row in rows if any(_KINDS[kind](row) for kind in self.filters)]
+        name = self.sort.removeprefix("-")
+        if name == "step" and not self.sort.startswith("-"):
+            return rows
+        key = _SORT_KEYS.get(name) or _metric_key(name.removeprefix("metric:"))
+        present = [row for row in rows if key(row) is not None]
+        missing = [row for row in rows if key(row) is None]
+        present.sort(key=key, reverse=self.sort.startswith("-"))  # type: ignore[arg-type,return-value]
+        return present + missing
+
+
+_KINDS: dict[str, Callable[[_Row], bool]] = {
+    "pinned": lambda row: row[0].pin is not None,
+    "milestone": lambda row: row[3],
+    "deletable": lambda row: row[1] is not None and row[1].action == "delete",
+    "incomplete": lambda row: not row[0].complete,
+}
+_SORT_KEYS: dict[str, Callable[[_Row], float | None]] = {
+    "step": lambda row: row[0].step,
+    "size": lambda row: row[0].size_bytes,
+    "age": lambda row: -row[0].mtime_s,  # the youngest (newest write) first
+}
+
+
+def _metric_key(name: str) -> Callable[[_Row], float | None]:
+    return lambda row: row[0].metrics.get(name)
+
+
+def _ls_rows(catalog: Catalog, plan: RetentionPlan, selection: ConfigSelection) -> list[_Row]:
     """(checkpoint, decision, status, milestone) oldest first.
 
     The milestone mark shows the recorded flag or the config's window, the two things retention
@@ -84,22 +181,41 @@ def _ls_rows(
 
 
 _MARKS = {
-    (False, False): "",
-    (True, False): "latest",
-    (False, True): "milestone",
-    (True, True): "latest,milestone",
+    (latest, milestone, pinned): ",".join(
+        mark for mark, on in (("latest", latest), ("milestone", milestone), ("pinned", pinned)) if on
+    )
+    for latest in (False, True)
+    for milestone in (False, True)
+    for pinned in (False, True)
 }
-"""The marks column, by (is the latest target, is a milestone)."""
+"""The marks column, by (is the latest target, is a milestone, is pinned)."""
+
+
+def _metric_text(value: float | int | None) -> str:
+    """``2.31``, ``0.0003``, ``1.234e+06``; ``-`` when missing or recorded as not finite."""
+    return "-" if value is None else format(value, ".6g")
 
 
 def ls_table(
-    catalog: Catalog, plan: RetentionPlan, selection: ConfigSelection, *, now_s: float
+    catalog: Catalog,
+    plan: RetentionPlan,
+    selection: ConfigSelection,
+    *,
+    now_s: float,
+    view: LsView | None = None,
 ) -> str:
-    """The ``kf-ckpt ls`` table and its footer (count, total size, what gc would free)."""
+    """The ``kf-ckpt ls`` table and its footer (count, total size, what gc would free).
+
+    Metric columns (``view.metrics``) come after the age; a ``note`` column with each pin's
+    note is added when some checkpoint is pinned.
+    """
     if not catalog.checkpoints:
         return f"no checkpoints under {catalog.root}"
+    view = view or LsView()
     keep_last_n = plan.keep_last_n
     why = {reason: reason_text(reason, keep_last_n) for reason in Reason}
+    shown = view.rows(_ls_rows(catalog, plan, selection))
+    notes = any(info.pin is not None for info in catalog.checkpoints)
     rows = [
         (
             info.step,
@@ -107,28 +223,52 @@ def ls_table(
             human_bytes(info.size_bytes),
             human_count(info.tokens_seen),
             human_age(now_s - info.mtime_s),
-            _MARKS[info.is_latest, milestone],
+            *(_metric_text(info.metrics.get(name)) for name in view.metrics),
+            _MARKS[info.is_latest, milestone, info.pin is not None],
             "-" if decision is None else decision.action,
             "" if decision is None else why[decision.reason],
+            *([info.pin.note or "" if info.pin is not None else ""] if notes else []),
         )
-        for info, decision, status, milestone in _ls_rows(catalog, plan, selection)
+        for info, decision, status, milestone in shown
     ]
-    headers = ("step", "status", "size", "tokens", "age", "marks", "gc", "why")
-    table = render_table(rows, headers, "rlrrllll")
+    headers = (
+        "step",
+        "status",
+        "size",
+        "tokens",
+        "age",
+        *view.metrics,
+        "marks",
+        "gc",
+        "why",
+        *(["note"] if notes else []),
+    )
+    align = "rlrrl" + "r" * len(view.metrics) + "lll" + ("l" if notes else "")
+    table = render_table(rows, headers, align)
     victims = plan.to_delete
     gc_text = (
         f"gc would delete {len(victims)} ({human_bytes(sum(d.size_bytes for d in victims))})"
         if victims
         else "gc would delete nothing"
     )
+    if not plan.has_policy:
+        gc_text += " (no retention policy)"
     count = plural(len(catalog.checkpoints), "checkpoint")
-    return f"{table}\n\n{count}, {human_bytes(catalog.total_size_bytes)}; {gc_text}"
+    footer = f"{count}, {human_bytes(catalog.total_size_bytes)}; {gc_text}"
+    if view.filters:
+        footer += f"; showing {len(shown)} ({' or '.join(view.filters)})"
+    return f"{table}\n\n{footer}"
 
 
 def ls_document(
-    catalog: Catalog, plan: RetentionPlan, selection: ConfigSelection
+    catalog: Catalog,
+    plan: RetentionPlan,
+    selection: ConfigSelection,
+    *,
+    view: LsView | None = None,
 ) -> dict[str, Any]:
     """The ``kf-ckpt ls --json`` document (schema in docs/reference/json.rst)."""
+    view = view or LsView()
     checkpoints = [
         {
             "step": info.step,
@@ -145,8 +285,11 @@ def ls_document(
             "gc_reason": None if decision is None else str(decision.reason),
             "gc_detail": None if decision is None else decision.detail,
             "warnings": list(info.warnings),
+            "pinned": info.pin is not None,
+            "pin": None if info.pin is None else info.pin.to_dict(),
+            "metrics": info.metrics,
         }
-        for info, decision, status, milestone in _ls_rows(catalog, plan, selection)
+        for info, decision, status, milestone in view.rows(_ls_rows(catalog, plan, selection))
     ]
     return {
         "format": "kf-ckpt-ls",
@@ -161,4 +304,6 @@ def ls_document(
         "size_bytes": catalog.total_size_bytes,
         "gc_delete_count": len(plan.to_delete),
         "gc_bytes_freed": plan.bytes_freed,
+        "sort": view.sort,
+        "filter": list(view.filters),
     }

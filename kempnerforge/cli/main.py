@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "ls": ("kempnerforge.cli.ls", "ls", "List checkpoints and what gc would do with each."),
     "gc": ("kempnerforge.cli.gc", "gc", "Delete checkpoints that retention no longer keeps."),
     "plan": ("kempnerforge.cli.plan", "plan", "Preview a run's saves, milestones and disk use."),
+    "pin": ("kempnerforge.cli.pin", "pin", "Keep a checkpoint whatever retention says."),
+    "unpin": ("kempnerforge.cli.pin", "unpin", "Remove a checkpoint's pin."),
     "show": ("kempnerforge.cli.show", "show", "List a checkpoint's tensors from its metadata."),
     "export": ("kempnerforge.cli.export", "export", "Export model weights as safetensors."),
 }

@@ -13,7 +13,12 @@ from typing import Any
 import click
 
 from kempnerforge.checkpoint.store.selection import ConfigSelection, select_root
-from kempnerforge.checkpoint.store.simulate import RunSimulation, SimulatedSave, simulate_run
+from kempnerforge.checkpoint.store.simulate import (
+    RunSimulation,
+    SimulatedSave,
+    save_steps,
+    simulate_run,
+)
 from kempnerforge.cli._options import config_options, parse_size
 from kempnerforge.cli._render import (
     FORMAT_VERSION,
@@ -32,6 +37,18 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
     return None if value is None else parse_size(value)
 
 
+def _pins(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    try:
+        steps = tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a list of steps like 1000,5000") from None
+    if not steps or any(step < 0 for step in steps):
+        raise click.BadParameter(f"{value!r} is not a list of steps like 1000,5000")
+    return tuple(sorted(set(steps)))
+
+
 @click.command("plan")
 @config_options
 @click.option(
@@ -47,12 +64,20 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
     metavar="SIZE",
     help="Size of one checkpoint (e.g. 26GB, 512MiB), to compute the peak disk use.",
 )
+@click.option(
+    "--pins",
+    callback=_pins,
+    metavar="N,M,...",
+    help="Steps to forecast as pinned ('kf-ckpt pin' right after they are saved): kept to the "
+    "end, outside keep_last_n.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
 def plan(
     config_path: str | None,
     overrides: tuple[str, ...],
     max_steps: int,
     ckpt_size: int | None,
+    pins: tuple[int, ...],
     as_json: bool,
 ) -> None:
     """Preview a run before it starts: the steps it saves, which are milestones, which survive
@@ -68,7 +93,14 @@ def plan(
     Example: kf-ckpt plan -c job.toml --max-steps 100000 --ckpt-size 26GB
     """
     _, selection = select_root(None, config_path, overrides)
-    sim = simulate_run(selection.config, max_steps, ckpt_size_bytes=ckpt_size)
+    unsaved = sorted(set(pins) - set(save_steps(selection.config, max_steps)))
+    if unsaved:
+        raise click.BadParameter(
+            f"the run never saves step {', '.join(map(str, unsaved))}, so it cannot be pinned; "
+            "pin steps that the interval or the window saves",
+            param_hint="'--pins'",
+        )
+    sim = simulate_run(selection.config, max_steps, ckpt_size_bytes=ckpt_size, pins=pins)
     if as_json:
         echo_json(plan_document(sim, selection))
     else:
@@ -100,14 +132,21 @@ def _save_groups(saves: tuple[SimulatedSave, ...]) -> list[list[SimulatedSave]]:
     groups: list[list[SimulatedSave]] = []
     for save in saves:
         group = groups[-1] if groups else []
-        key = (save.milestone, save.survives, save.reason)
-        same = bool(group) and (group[0].milestone, group[0].survives, group[0].reason) == key
+        key = (save.milestone, save.pinned, save.survives, save.reason)
+        first = group[0] if group else None
+        same = first is not None and (
+            (first.milestone, first.pinned, first.survives, first.reason) == key
+        )
         even = len(group) < 2 or save.step - group[-1].step == group[1].step - group[0].step
         if same and (save.milestone or even):
             group.append(save)
         else:
             groups.append([save])
     return groups
+
+
+def _kind(save: SimulatedSave) -> str:
+    return "milestone" if save.milestone else "pinned" if save.pinned else "interval"
 
 
 def plan_text(sim: RunSimulation, selection: ConfigSelection) -> str:
@@ -134,7 +173,7 @@ def plan_text(sim: RunSimulation, selection: ConfigSelection) -> str:
         (
             _steps_text([s.step for s in group]),
             len(group),
-            "milestone" if group[0].milestone else "interval",
+            _kind(group[0]),
             "kept" if group[0].survives else "deleted",
             reason_text(group[0].reason, keep_last_n),
         )
@@ -155,6 +194,7 @@ def plan_document(sim: RunSimulation, selection: ConfigSelection) -> dict[str, A
             {
                 "step": s.step,
                 "milestone": s.milestone,
+                "pinned": s.pinned,
                 "survives": s.survives,
                 "reason": str(s.reason),
             }
@@ -163,6 +203,7 @@ def plan_document(sim: RunSimulation, selection: ConfigSelection) -> dict[str, A
         "save_count": len(sim.saves),
         "milestones": list(sim.milestones),
         "survivors": list(sim.survivors),
+        "pins": [s.step for s in sim.saves if s.pinned],
         "max_on_disk": sim.max_on_disk,
         "max_on_disk_step": sim.max_on_disk_step,
         "ckpt_size_bytes": sim.ckpt_size_bytes,

@@ -73,6 +73,7 @@ def test_plan_json_lists_every_save(run_cli, tmp_path: Path):
     assert doc["saves"][9] == {
         "step": 300,
         "milestone": False,
+        "pinned": False,
         "survives": False,
         "reason": "beyond_keep_last_n",
     }

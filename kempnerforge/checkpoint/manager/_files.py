@@ -131,8 +131,13 @@ def write_metadata(
     config: CheckpointConfig,
     world_size: int,
     pp_stages: int | None,
+    metrics: dict[str, float | int | None] | None = None,
 ) -> None:
-    """Publish ``metadata.json``: what ``kf-ckpt`` and retention read without torch."""
+    """Publish ``metadata.json``: what ``kf-ckpt`` and retention read without torch.
+
+    ``metrics`` are recorded as given: check them first with
+    :func:`kempnerforge.checkpoint.store.metrics.checked_metrics`.
+    """
     metadata: dict[str, Any] = {
         "step": step,
         "tokens_seen": tokens_seen,
@@ -141,6 +146,7 @@ def write_metadata(
         "world_size": world_size,
         "format_version": FORMAT_VERSION,
         "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "metrics": dict(metrics or {}),
     }
     if pp_stages is not None:
         metadata["pp_stages"] = pp_stages

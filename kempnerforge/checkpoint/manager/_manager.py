@@ -50,6 +50,7 @@ from kempnerforge.checkpoint.manager._files import (
     saved_step,
     write_metadata,
 )
+from kempnerforge.checkpoint.manager._pins import PinsMixin
 from kempnerforge.checkpoint.manager.async_save import AsyncCheckpointer, CheckpointGroups
 from kempnerforge.checkpoint.manager.train_state import (
     capture_rng_state,
@@ -61,6 +62,7 @@ from kempnerforge.checkpoint.manager.train_state import (
     select_rank_state,
 )
 from kempnerforge.checkpoint.store.layout import TRAIN_STATE, step_dir_name
+from kempnerforge.checkpoint.store.metrics import checked_metrics
 from kempnerforge.config.checkpoint import AsyncCheckpointMode, CheckpointConfig
 from kempnerforge.errors import CheckpointSaveError
 
@@ -77,7 +79,7 @@ class Stateful(Protocol):
     def load_state_dict(self, state_dict: dict[str, Any], /) -> Any: ...
 
 
-class CheckpointManager:
+class CheckpointManager(PinsMixin):
     """Saves and restores model, optimizer and train state with torch.distributed.checkpoint.
 
     Construct it on every rank after ``torch.distributed`` is initialised (any backend: it makes
@@ -127,8 +129,13 @@ class CheckpointManager:
         scheduler: Stateful | None = None,
         dataloader: Stateful | None = None,
         extra: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None,
     ) -> Path:
         """Checkpoint ``step`` and return its directory.
+
+        ``metrics`` (name -> number, e.g. ``{"eval_loss": 2.31}``) are recorded in
+        metadata.json for ``kf-ckpt ls --metric``; a non-finite value is recorded as null.
+        Pass the same metrics on every rank (rank 0's are recorded).
 
         In sync mode this returns once the checkpoint is complete and ``latest`` names it. In
         the async modes it first finishes the previous background save, then returns as soon as
@@ -137,8 +144,10 @@ class CheckpointManager:
 
         Raises:
             CheckpointSaveError: writing failed on some rank; ``latest`` was not moved.
-            TypeError: ``extra``, scheduler or dataloader state holds objects a safe load rejects.
+            TypeError: ``extra``, scheduler or dataloader state holds objects a safe load
+                rejects, or a metric is not a number (checked before anything is written).
         """
+        recorded_metrics = checked_metrics(metrics)  # on every rank: all refuse, none hangs
         step_dir = self.root / step_dir_name(step)
         self.flush_pending_save()
         mine = {
@@ -149,7 +158,9 @@ class CheckpointManager:
         error: BaseException | None = None
         if self.rank == 0:
             try:
-                self._write_rank0(step, step_dir, tokens_seen, scheduler, extra, ranks)
+                self._write_rank0(
+                    step, step_dir, tokens_seen, scheduler, extra, ranks, recorded_metrics
+                )
             except Exception as exc:  # every rank must hear of it, or the others hang in DCP
                 error = exc
         self._groups.fence(error, f"writing {TRAIN_STATE} of step {step}")
@@ -286,6 +297,7 @@ class CheckpointManager:
         scheduler: Stateful | None,
         extra: dict[str, Any] | None,
         ranks: list[dict[str, Any]],
+        metrics: dict[str, float | int | None],
     ) -> None:
         prepare_step_dir(self.root, step_dir)
         train_state = {
@@ -307,16 +319,27 @@ class CheckpointManager:
             config=self.config,
             world_size=self.world_size,
             pp_stages=self.pp_stages,
+            metrics=metrics,
         )
 
     def _finalize(self, step: int, error: BaseException | None) -> None:
         """All ranks agree that the save succeeded; then rank 0 publishes it and runs retention."""
-        self._groups.fence(error, f"saving step {step}")
+        try:
+            self._groups.fence(error, f"saving step {step}")
+        except BaseException:
+            self._drop_held_pins(step)
+            raise
         if self.rank == 0:
             with self._latest_lock:
                 point_latest(self.root, step, pp_stages=self.pp_stages)
                 self._latest_step = step
+            self._write_held_pins(step)  # pin(step) called while its save was in flight
             self._cleanup()
+
+    def _in_flight_step(self) -> int | None:
+        """The step of the background save not yet published, if any."""
+        pending = None if self._async is None else self._async.pending
+        return None if pending is None else pending.step
 
     def _cleanup(self) -> None:
         """Retention after a save (rank 0): the store core's plan and apply, nothing else.

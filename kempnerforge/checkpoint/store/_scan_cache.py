@@ -53,7 +53,7 @@ RACY_WINDOW_S = 2.0
 """A checkpoint written this recently (newest mtime) is walked again next time, not cached."""
 MAX_CACHE_BYTES = 256 * 2**20
 """A cache file larger than this is ignored (an entry is well under 1 kB)."""
-_FORMAT, _VERSION = "kf-ckpt-scan-cache", 1
+_FORMAT, _VERSION = "kf-ckpt-scan-cache", 2
 _STALE_TEMP_S = 600.0  # a temp file older than this was left by a killed writer
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -72,7 +72,8 @@ _Entry = list[Any]
 of its subdirectories ``{relative path: stamp}``, metadata.json's stamp (or null), then the
 ``CheckpointInfo`` fields ``tokens_seen``, ``dynamic_milestone``, the index of its
 ``recorded_config`` in the file's ``configs`` table (or null), ``size_bytes``, ``file_count``,
-``mtime_s`` and ``warnings``. Only complete checkpoints are cached, so ``complete`` is implied."""
+``mtime_s``, ``warnings``, ``metrics`` and ``pin`` (its fields as an object, or null). Only
+complete checkpoints are cached, so ``complete`` is implied."""
 
 
 class ScanCache:
@@ -139,6 +140,8 @@ class ScanCache:
             fields["file_count"],
             fields["mtime_s"],
             list(fields["warnings"]),
+            fields["metrics"],
+            None if fields["pin"] is None else fields["pin"].to_dict(),
         ]
         self._fresh[name] = (entry, fields["recorded_config"])
         self._changed = True
@@ -260,7 +263,7 @@ def _safe_rel(rel: Any) -> bool:
 
 def _fields(entry: Any, configs: list[Any]) -> dict[str, Any]:
     """The ``CheckpointInfo`` fields of a well-formed entry; ValueError when it is not."""
-    _, _, _, tokens, milestone, ref, size, files, mtime, warnings = entry
+    _, _, _, tokens, milestone, ref, size, files, mtime, warnings, metrics, pin = entry
     if ref is None:
         config = None
     elif type(ref) is int and 0 <= ref < len(configs) and type(configs[ref]) is dict:
@@ -275,6 +278,9 @@ def _fields(entry: Any, configs: list[Any]) -> dict[str, Any]:
         and type(mtime) is float
         and type(warnings) is list
         and (not warnings or all(type(w) is str for w in warnings))
+        and type(metrics) is dict
+        and all(v is None or type(v) in (int, float) for v in metrics.values())
+        and (pin is None or (type(pin) is dict and all(type(k) is str for k in pin)))
     )
     if not ok:
         raise ValueError("malformed cache entry")
@@ -289,4 +295,15 @@ def _fields(entry: Any, configs: list[Any]) -> dict[str, Any]:
         "mtime_s": mtime,
         "warnings": tuple(warnings),
         "scan_error": None,
+        "metrics": metrics,
+        "pin": None if pin is None else _pin(pin),
     }
+
+
+def _pin(fields: dict[str, Any]) -> Any:
+    from kempnerforge.checkpoint.store.pins import Pin
+
+    return Pin(**{k: v for k, v in fields.items() if k in _PIN_KEYS and type(v) in (str, type(None))})
+
+
+_PIN_KEYS = frozenset({"note", "pinned_at", "user", "host"})

@@ -27,12 +27,15 @@ from typing import Any
 from kempnerforge.checkpoint.store.layout import (
     DCP_METADATA,
     METADATA_JSON,
+    PIN_NAME,
     Completeness,
     assess_complete,
     parse_pp_stage,
     pp_stages_of,
     read_metadata_json,
 )
+from kempnerforge.checkpoint.store.metrics import recorded_metrics
+from kempnerforge.checkpoint.store.pins import read_pin
 
 __all__ = ["Stamp", "StepWalk", "checkpoint_fields", "stamp_of", "walk_step_dir"]
 
@@ -74,6 +77,8 @@ class StepWalk:
     """The stamp of ``metadata.json`` in the step directory (None when there is none)."""
     marker_via_symlink: bool = False
     """A ``.metadata`` marker is a symlink: completeness depends on something outside the tree."""
+    has_pin: bool = False
+    """The step directory holds a pin file (its mtime is not the checkpoint's age)."""
 
 
 def walk_step_dir(parent_fd: int, name: str) -> StepWalk:
@@ -144,6 +149,11 @@ def _list(fd: int, rel: str, walk: StepWalk) -> tuple[bool, bool, list[str]]:
             else:
                 if name == meta_name:
                     walk.metadata_stamp = stamp_of(st)  # taken before scan reads it
+                elif name == PIN_NAME and not rel:
+                    walk.has_pin = True
+                    files += 1
+                    size += st.st_size
+                    continue  # pinning later does not make a checkpoint younger
                 if st.st_nlink > 1:
                     key = (st.st_dev, st.st_ino)
                     if key in walk.inodes:
@@ -186,6 +196,9 @@ def checkpoint_fields(root_fd: int, name: str, step: int, walk: StepWalk) -> dic
     scan_error = None
     if not walk.listed or unreadable:
         scan_error = "cannot read " + (", ".join(unreadable) if walk.listed else f"{name}/")
+    pin, pin_warning = read_pin(name, dir_fd=root_fd) if walk.has_pin else (None, None)
+    if pin_warning:
+        warnings.append(pin_warning)
     pp_stages = pp_stages_of(data)
     if walk.stages or pp_stages is not None:
         status = assess_complete(
@@ -201,6 +214,8 @@ def checkpoint_fields(root_fd: int, name: str, step: int, walk: StepWalk) -> dic
         "tokens_seen": _recorded_int(data, "tokens_seen", warnings),
         "dynamic_milestone": _recorded_flag(data, warnings),
         "recorded_config": _recorded_config(data, warnings),
+        "metrics": recorded_metrics(data, warnings),
+        "pin": pin,
         "size_bytes": walk.size_bytes,
         "file_count": walk.file_count,
         "mtime_s": walk.mtime_s,

@@ -18,7 +18,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kempnerforge.checkpoint.store._scan_cache import ScanCache, is_cache_entry
 from kempnerforge.checkpoint.store.files import LatestLink, parse_temp_name, read_latest
@@ -26,10 +26,14 @@ from kempnerforge.checkpoint.store.layout import (
     CACHE_NAME,
     LATEST_NAME,
     LOCK_NAME,
+    POLICY_NAME,
     TRASH_NAME,
     parse_step,
 )
 from kempnerforge.errors import CheckpointRootError
+
+if TYPE_CHECKING:
+    from kempnerforge.checkpoint.store.pins import Pin
 
 __all__ = ["Catalog", "CheckpointInfo", "SkippedEntry", "check_root", "scan"]
 
@@ -60,6 +64,15 @@ class CheckpointInfo:
     warnings: tuple[str, ...] = ()
     scan_error: str | None = None
     """Why completeness could not be judged (the directory or a ``pp*/`` stage is unreadable)."""
+    metrics: dict[str, float | int | None] = field(default_factory=dict)
+    """The ``"metrics"`` recorded in its metadata.json (name -> number; None: not finite)."""
+    pin: Pin | None = None
+    """Its pin (:mod:`kempnerforge.checkpoint.store.pins`), None when it is not pinned."""
+
+    @property
+    def pinned(self) -> bool:
+        """The checkpoint is pinned: retention keeps it."""
+        return self.pin is not None
 
     @property
     def name(self) -> str:
@@ -233,6 +246,8 @@ def _skipped(
         reason = "the gc lock file"
     elif parse_temp_name(name) is not None:
         reason = "a file being published (written under a temp name, then renamed into place)"
+    elif name == POLICY_NAME:
+        reason = "the retention policy recorded by kf-ckpt mark"
     elif name == TRASH_NAME:
         real = entry.is_dir(follow_symlinks=False)
         reason = (

@@ -8,7 +8,8 @@ gc`` shows the plan, then applies it).
 Deleting one victim:
 
 1. re-check it under the lock: it still exists, is still a real directory (not a symlink)
-   directly inside the root, and is still not the ``latest`` target; otherwise it is skipped;
+   directly inside the root, and is still neither the ``latest`` target nor pinned; otherwise
+   it is skipped;
 2. rename it into ``<root>/.kf-trash/`` (atomic); the root directory is fsync'ed once all
    victims are moved, so the removal is durable before any file is unlinked;
 3. remove it from the trash with ``unlinkat``/``rmdir`` relative to directories opened with
@@ -37,6 +38,7 @@ from kempnerforge.checkpoint.store._trash import (
 from kempnerforge.checkpoint.store.catalog import Catalog, check_root, scan
 from kempnerforge.checkpoint.store.files import read_latest, unique_suffix
 from kempnerforge.checkpoint.store.layout import (
+    PIN_NAME,
     TRASH_NAME,
     check_complete,
     recorded_pp_stages,
@@ -100,7 +102,7 @@ class GcResult:
 
 def collect_garbage(
     root: str | Path,
-    config: CheckpointConfig,
+    config: CheckpointConfig | None,
     *,
     wait_lock_s: float = 0.0,
     dry_run: bool = False,
@@ -274,6 +276,9 @@ def _recheck(root_fd: int, root: Path, name: str, decision: Decision) -> str | N
         return f"{name} is no longer a directory"
     if read_latest(root).step == decision.step:
         return f"{name} is now the target of latest"
+    with contextlib.suppress(FileNotFoundError):
+        os.lstat(f"{name}/{PIN_NAME}", dir_fd=root_fd)
+        return f"{name} is now pinned"
     return None
 
 

@@ -9,10 +9,13 @@ Writers (the manager) and readers (scan, retention, export, the CLI) all go thro
         __0_0.distcp ...      DCP shards
         pp0/ pp1/ ...         pipeline parallel: one DCP tree per stage, each with .metadata
         train_state.pt        step, tokens_seen, scheduler, dataloader, RNG, extras
-        metadata.json         {"step", "tokens_seen", "dynamic_milestone", "checkpoint": {...}}
+        metadata.json         {"step", "tokens_seen", "dynamic_milestone", "checkpoint": {...},
+                               "metrics": {...}}
+        pinned.json           present when the checkpoint is pinned: note, time, user, host
       .kf-ckpt.lock           advisory lock held while retention plans and deletes
       .kf-trash/              victims are renamed here before they are removed
       .kf-ckpt.cache          scan cache: what complete checkpoints hold (they never change)
+      .kf-ckpt.policy         the retention policy recorded by ``kf-ckpt mark`` (JSON)
 
 No torch import here: ``kf-ckpt ls`` and ``gc`` must start fast.
 """
@@ -35,6 +38,8 @@ __all__ = [
     "LATEST_NAME",
     "LOCK_NAME",
     "METADATA_JSON",
+    "PIN_NAME",
+    "POLICY_NAME",
     "TRAIN_STATE",
     "TRASH_NAME",
     "Completeness",
@@ -59,6 +64,12 @@ CACHE_NAME = ".kf-ckpt.cache"
 DCP_METADATA = ".metadata"
 METADATA_JSON = "metadata.json"
 TRAIN_STATE = "train_state.pt"
+PIN_NAME = "pinned.json"
+"""Present in a step directory when the checkpoint is pinned (see
+:mod:`kempnerforge.checkpoint.store.pins`): retention keeps it whatever its age."""
+POLICY_NAME = ".kf-ckpt.policy"
+"""The retention policy of a root recorded by ``kf-ckpt mark`` (JSON; see
+:mod:`kempnerforge.checkpoint.store.policy`)."""
 
 _STEP_RE = re.compile(r"step_(\d+)")
 _PP_RE = re.compile(r"pp(\d+)")

@@ -14,13 +14,20 @@ Kept, in this order of precedence (the first rule that applies is the reason sho
 2. ``milestone``: ``config.is_dynamic_milestone(step)``, or ``"dynamic_milestone": true``
    recorded in its metadata.json (so milestones survive a gc run without the run's config);
    milestones never use up ``keep_last_n`` slots;
-3. ``in_flight``: incomplete, and either newer than the newest complete checkpoint or written
+3. ``pinned``: the checkpoint has a pin file (:mod:`kempnerforge.checkpoint.store.pins`); its
+   note is in the detail; pins never use up ``keep_last_n`` slots either;
+4. ``in_flight``: incomplete, and either newer than the newest complete checkpoint or written
    to within :data:`IN_FLIGHT_GRACE_S` of the scan (a save may still be writing it: after a
    rollback, a run resumed from an older checkpoint saves steps below the newest complete one);
-4. ``unreadable``: completeness could not be judged (an unreadable directory); kept until it can;
-5. ``within_keep_last_n``: one of the newest ``keep_last_n`` complete non-milestone checkpoints;
-6. ``newest_complete``: the newest complete checkpoint is always kept;
-7. ``keep_all``: ``keep_last_n <= 0`` turns deletion off.
+5. ``unreadable``: completeness could not be judged (an unreadable directory); kept until it can;
+6. ``within_keep_last_n``: one of the newest ``keep_last_n`` complete checkpoints that are
+   neither milestones nor pinned;
+7. ``newest_complete``: the newest complete checkpoint is always kept;
+8. ``keep_all``: ``keep_last_n <= 0`` turns deletion off.
+
+Without a retention policy (``config=None``: a root whose checkpoints record no config, used
+without a job file or ``keep_last_n``), every checkpoint is kept with the reason ``no_policy``:
+no known policy, no deletion.
 
 Deleted: ``abandoned_incomplete`` (incomplete, older than the newest complete one and not
 written to for :data:`IN_FLIGHT_GRACE_S`) and ``beyond_keep_last_n`` (a complete non-milestone
@@ -74,6 +81,8 @@ class Reason(StrEnum):
     within_keep_last_n = "within_keep_last_n"
     newest_complete = "newest_complete"
     keep_all = "keep_all"
+    pinned = "pinned"
+    no_policy = "no_policy"
     beyond_keep_last_n = "beyond_keep_last_n"
     abandoned_incomplete = "abandoned_incomplete"
 
@@ -104,6 +113,8 @@ class RetentionPlan:
     root: Path
     keep_last_n: int
     decisions: tuple[Decision, ...]
+    has_policy: bool = True
+    """False for a plan made without a retention policy: it keeps everything."""
 
     @property
     def to_keep(self) -> tuple[Decision, ...]:
@@ -127,7 +138,7 @@ class RetentionPlan:
 
 def plan_retention(
     catalog: Catalog,
-    config: CheckpointConfig,
+    config: CheckpointConfig | None,
     *,
     in_flight_grace_s: float = IN_FLIGHT_GRACE_S,
 ) -> RetentionPlan:
@@ -139,7 +150,8 @@ def plan_retention(
 
     Args:
         catalog: what :func:`~kempnerforge.checkpoint.store.catalog.scan` found.
-        config: ``keep_last_n`` and the dynamic milestone window.
+        config: ``keep_last_n`` and the dynamic milestone window; None when no retention policy
+            is known (then every checkpoint is kept, with the reason ``no_policy``).
         in_flight_grace_s: keep an incomplete checkpoint whose newest mtime lies at most this
             many seconds before the scan (see :data:`IN_FLIGHT_GRACE_S`).
 
@@ -152,13 +164,17 @@ def plan_retention(
         [(100, 'delete', 'beyond_keep_last_n'), (200, 'keep', 'within_keep_last_n'),
          (300, 'keep', 'latest')]
     """
-    keep_last_n = config.keep_last_n
     checkpoints = sorted(catalog.checkpoints, key=lambda c: c.step)
+    if config is None:
+        return _keep_everything(catalog.root, checkpoints)
+    keep_last_n = config.keep_last_n
     newest = next((c.step for c in reversed(checkpoints) if c.complete), None)
     milestones = {c.step: _milestone_source(c, config) for c in checkpoints}
-    window = [c.step for c in reversed(checkpoints) if c.complete and not milestones[c.step]][
-        : max(keep_last_n, 0)
-    ]
+    window = [
+        c.step
+        for c in reversed(checkpoints)
+        if c.complete and not milestones[c.step] and c.pin is None
+    ][: max(keep_last_n, 0)]
     rank = {step: i for i, step in enumerate(window, start=1)}
     decisions = []
     for c in checkpoints:
@@ -183,6 +199,23 @@ def plan_retention(
             )
         )
     return RetentionPlan(root=catalog.root, keep_last_n=keep_last_n, decisions=tuple(decisions))
+
+
+def _keep_everything(root: Path, checkpoints: list[CheckpointInfo]) -> RetentionPlan:
+    """The plan without a retention policy: restic's rule, no known policy means no deletion."""
+    decisions = tuple(
+        _decision(
+            step=c.step,
+            path=c.path,
+            action=Action.keep,
+            reason=Reason.no_policy,
+            size_bytes=c.size_bytes,
+            detail="no retention policy is known for this root; nothing is deleted",
+            complete=c.complete,
+        )
+        for c in checkpoints
+    )
+    return RetentionPlan(root=root, keep_last_n=0, decisions=decisions, has_policy=False)
 
 
 def _decision(**fields: Any) -> Decision:
@@ -239,6 +272,9 @@ def _decide(
         return keep, Reason.latest, f"target of latest; {state}"
     if milestone:
         return keep, Reason.milestone, f"{milestone}; {state}"
+    if c.pin is not None:
+        note = f": {c.pin.note}" if c.pin.note else ""
+        return keep, Reason.pinned, f"pinned{note}; {state}"
     if not c.complete and (newest is None or c.step > newest):
         after = "no complete checkpoint yet" if newest is None else f"newer than step {newest}"
         return keep, Reason.in_flight, f"{state}, {after}: a save may be writing it"

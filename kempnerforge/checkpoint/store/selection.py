@@ -43,6 +43,7 @@ __all__ = [
     "select_checkpoint",
     "select_config",
     "select_root",
+    "split_checkpoint_path",
 ]
 
 
@@ -189,6 +190,31 @@ def select_checkpoint(
     if step_dir.parent != root:  # src is a checkpoint dir: its run's config is in its root
         selection = select_config(step_dir.parent, config_path, overrides)
     return step_dir, selection
+
+
+def split_checkpoint_path(src: str | Path) -> tuple[Path, int | None]:
+    """``(root, step)`` for one checkpoint directory ``src``; ``(src, None)`` for anything else.
+
+    ``src`` names one checkpoint when its own name is a canonical ``step_<N>`` and it holds no
+    ``step_<N>`` directories itself (then it is not a root); its root is its parent directory.
+
+    Raises:
+        CheckpointRootError: ``src`` does not exist or is not a directory.
+    """
+    from kempnerforge.errors import CheckpointRootError
+
+    path = Path(src)
+    if not path.is_dir():
+        what = "does not exist" if not path.exists() else "is not a directory"
+        raise CheckpointRootError(f"{path} {what}; pass a checkpoint root or a step_<N> dir")
+    step = parse_step(path.absolute().name)
+    if step is None:
+        return path, None
+    try:
+        nested = bool(list_step_dirs(path))
+    except OSError:
+        nested = False
+    return (path, None) if nested else (path.absolute().parent, step)
 
 
 def newest_complete(root: Path) -> Path | None:

@@ -24,12 +24,14 @@ simulation is run again round by round.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 from kempnerforge.checkpoint.store.catalog import Catalog, CheckpointInfo
 from kempnerforge.checkpoint.store.files import LatestLink
 from kempnerforge.checkpoint.store.layout import step_dir_name
+from kempnerforge.checkpoint.store.pins import Pin
 from kempnerforge.checkpoint.store.retention import Reason, RetentionPlan, plan_retention
 from kempnerforge.config.checkpoint import POWER2, CheckpointConfig
 
@@ -48,6 +50,8 @@ class SimulatedSave:
     milestone: bool
     survives: bool
     reason: Reason
+    pinned: bool = False
+    """Pinned right after it was saved (``pins`` of :func:`simulate_run`)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,7 +119,11 @@ def save_steps(config: CheckpointConfig, max_steps: int) -> list[int]:
 
 
 def simulate_run(
-    config: CheckpointConfig, max_steps: int, *, ckpt_size_bytes: int | None = None
+    config: CheckpointConfig,
+    max_steps: int,
+    *,
+    ckpt_size_bytes: int | None = None,
+    pins: Collection[int] = (),
 ) -> RunSimulation:
     """Replay the saves and retention rounds of a run of ``max_steps`` steps.
 
@@ -123,6 +131,7 @@ def simulate_run(
         config: the run's checkpoint config (interval, window, keep_last_n).
         max_steps: the number of training steps; saves happen at steps ``1 .. max_steps``.
         ckpt_size_bytes: size of one checkpoint, for the peak disk use.
+        pins: steps pinned as soon as they are saved (a step the run never saves pins nothing).
 
     Example:
         >>> from kempnerforge.config import CheckpointConfig
@@ -131,10 +140,11 @@ def simulate_run(
         ((100, 200, 300, 400, 500), (400, 500), 3)
     """
     steps = save_steps(config, max_steps)
+    pinned = frozenset(pins)
     try:
-        result = _Replay(config, steps, shortcuts=True).run()
+        result = _Replay(config, steps, shortcuts=True, pins=pinned).run()
     except _ShortcutMismatch:
-        result = _Replay(config, steps, shortcuts=False).run()
+        result = _Replay(config, steps, shortcuts=False, pins=pinned).run()
     fates, peak, peak_step = result
     saves = tuple(
         SimulatedSave(
@@ -142,6 +152,7 @@ def simulate_run(
             milestone=config.is_dynamic_milestone(step),
             survives=fates[step][0],
             reason=fates[step][1],
+            pinned=step in pinned,
         )
         for step in steps
     )
@@ -152,6 +163,9 @@ def simulate_run(
         max_on_disk_step=peak_step,
         ckpt_size_bytes=ckpt_size_bytes,
     )
+
+
+_PIN = Pin(note="pinned in the forecast")
 
 
 class _ShortcutMismatch(Exception):
@@ -165,8 +179,16 @@ _Shape = tuple[tuple[int, ...], int, Reason]
 class _Replay:
     """Round-by-round replay of saves and retention (see the module docstring)."""
 
-    def __init__(self, config: CheckpointConfig, steps: list[int], *, shortcuts: bool) -> None:
+    def __init__(
+        self,
+        config: CheckpointConfig,
+        steps: list[int],
+        *,
+        shortcuts: bool,
+        pins: frozenset[int] = frozenset(),
+    ) -> None:
         self.config = config
+        self.pins = pins
         self.steps = steps
         self.shortcuts = shortcuts
         self.root = Path(config.dir)
@@ -221,6 +243,7 @@ class _Replay:
                 size_bytes=0,
                 file_count=0,
                 mtime_s=0.0,
+                pin=_PIN if step in self.pins else None,
             )
             self.infos[(step, is_latest)] = info
         return info
@@ -263,7 +286,11 @@ class _Replay:
         config, steps = self.config, self.steps
         window = config.dyn_ckpt_window
         for k, step in enumerate(steps):
-            plain = not config.is_dynamic_milestone(step) and not (window and window.contains(step))
+            plain = (
+                not config.is_dynamic_milestone(step)
+                and not (window and window.contains(step))
+                and step not in self.pins
+            )
             if not plain:
                 starts.append(-1)
             elif k and starts[k - 1] >= 0 and step - steps[k - 1] == config.interval:

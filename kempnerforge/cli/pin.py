@@ -1,0 +1,113 @@
+"""``kf-ckpt pin`` and ``kf-ckpt unpin``: keep one checkpoint whatever retention says (no torch).
+
+Both are thin shells over :mod:`kempnerforge.checkpoint.store.pins`, which takes the root's lock.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from kempnerforge.checkpoint.store.pins import MAX_NOTE_CHARS, pin_checkpoint, unpin_checkpoint
+from kempnerforge.checkpoint.store.selection import split_checkpoint_path
+
+__all__ = ["pin", "unpin"]
+
+
+def _wait_lock(fn):  # type: ignore[no-untyped-def]
+    return click.option(
+        "--wait-lock",
+        type=click.FloatRange(min=0),
+        default=0.0,
+        show_default=True,
+        metavar="SECONDS",
+        help="How long to wait for the checkpoint root's lock (held by a gc or a save's "
+        "retention); still busy after that: exit 75.",
+    )(fn)
+
+
+def _step_option(fn):  # type: ignore[no-untyped-def]
+    return click.option(
+        "--step",
+        type=click.IntRange(min=0),
+        default=None,
+        metavar="N",
+        help="The checkpoint's step, when SRC is the checkpoint root.",
+    )(fn)
+
+
+def _target(src: str, step: int | None) -> tuple[Path, int]:
+    """The root and step that SRC (and --step) name."""
+    root, own = split_checkpoint_path(src)
+    if own is None:
+        if step is None:
+            raise click.UsageError(
+                f"{src} is not a step_<N> checkpoint directory; pass one, or pass the "
+                "checkpoint root with --step N"
+            )
+        return root, step
+    if step is not None and step != own:
+        raise click.UsageError(
+            f"{src} is the checkpoint of step {own}, not {step}; drop --step or pass the root"
+        )
+    return root, own
+
+
+def _note(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and len(" ".join(value.split())) > MAX_NOTE_CHARS:
+        raise click.BadParameter(f"a note holds at most {MAX_NOTE_CHARS} characters")
+    return value
+
+
+@click.command("pin")
+@click.argument("src", metavar="SRC")
+@_step_option
+@click.option(
+    "--note",
+    default=None,
+    callback=_note,
+    metavar="TEXT",
+    help="Why it is kept, shown by 'kf-ckpt ls' (default: keep the note of an existing pin).",
+)
+@_wait_lock
+def pin(src: str, step: int | None, note: str | None, wait_lock: float) -> None:
+    """Pin a checkpoint: retention (kf-ckpt gc, and training's own after each save) keeps it
+    whatever its age, without using a keep_last_n slot.
+
+    SRC is a checkpoint directory (runs/a/step_1500), or the checkpoint root with --step.
+    Pinning writes pinned.json (note, time, user, host) into the checkpoint directory under the
+    root's lock, so a concurrent gc never deletes it between the check and the pin. Pinning a
+    pinned checkpoint updates its note. Only a complete checkpoint can be pinned. Exit codes:
+    0 pinned, 2 no such checkpoint or an incomplete one, 75 lock still busy after --wait-lock.
+
+    Example: kf-ckpt pin runs/llama/checkpoints --step 1500 --note "best eval loss 2.31"
+    """
+    root, target = _target(src, step)
+    result = pin_checkpoint(root, target, note=note, wait_lock_s=wait_lock)
+    verb = "updated the pin of" if result.previous is not None else "pinned"
+    note_text = f": {result.pin.note}" if result.pin.note else ""
+    click.echo(f"{verb} step {result.step} ({result.path}){note_text}")
+
+
+@click.command("unpin")
+@click.argument("src", metavar="SRC")
+@_step_option
+@_wait_lock
+def unpin(src: str, step: int | None, wait_lock: float) -> None:
+    """Remove the pin of a checkpoint: retention treats it as any other again, so the next gc
+    may delete it.
+
+    SRC is a checkpoint directory, or the checkpoint root with --step. A checkpoint that is not
+    pinned is left as it is (exit 0). Takes the root's lock, as pin does. Exit codes: 0 done
+    (also nothing to do), 2 no such checkpoint, 75 lock still busy after --wait-lock.
+
+    Example: kf-ckpt unpin runs/llama/checkpoints --step 1500
+    """
+    root, target = _target(src, step)
+    result = unpin_checkpoint(root, target, wait_lock_s=wait_lock)
+    if result.removed is None:
+        click.echo(f"step {result.step} ({result.path}) is not pinned; nothing to do")
+    else:
+        note_text = f" (note was: {result.removed.note})" if result.removed.note else ""
+        click.echo(f"unpinned step {result.step} ({result.path}){note_text}")
