@@ -172,6 +172,7 @@ def pin_checkpoint(
     """
     path = check_root(root)
     note = check_note(note)
+    _existing_step_dir(path, step)  # before the lock: a wrong root gets no lock file
     with hold_lock(path, wait_lock_s=wait_lock_s):
         step_dir = _existing_step_dir(path, step)
         status = check_complete(step_dir, pp_stages=recorded_pp_stages(step_dir))
@@ -206,6 +207,7 @@ def unpin_checkpoint(root: str | Path, step: int, *, wait_lock_s: float = 0.0) -
         RetentionError: the lock file cannot be used.
     """
     path = check_root(root)
+    _existing_step_dir(path, step)  # before the lock: a wrong root gets no lock file
     with hold_lock(path, wait_lock_s=wait_lock_s):
         step_dir = _existing_step_dir(path, step)
         removed, _ = read_pin(step_dir)

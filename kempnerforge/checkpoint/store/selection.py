@@ -207,14 +207,15 @@ def split_checkpoint_path(src: str | Path) -> tuple[Path, int | None]:
     if not path.is_dir():
         what = "does not exist" if not path.exists() else "is not a directory"
         raise CheckpointRootError(f"{path} {what}; pass a checkpoint root or a step_<N> dir")
-    step = parse_step(path.absolute().name)
+    named = path if path.name else path.absolute()  # "." or ".." name the directory they are
+    step = parse_step(named.name)
     if step is None:
         return path, None
     try:
         nested = bool(list_step_dirs(path))
     except OSError:
         nested = False
-    return (path, None) if nested else (path.absolute().parent, step)
+    return (path, None) if nested else (named.parent, step)
 
 
 def newest_complete(root: Path) -> Path | None:
