@@ -71,9 +71,10 @@ def gc(
     and deleted, why, and the bytes freed.
 
     Never deleted: the latest target, dynamic milestones (by the config's window or the flag
-    recorded in metadata.json), pinned checkpoints ('kf-ckpt pin'), saves that may still be in flight, the newest keep_last_n
-    complete checkpoints and the newest complete one, and anything that is not a step_<N>
-    directory in DIR. Scan, plan and deletion happen under DIR's lock, the one training takes.
+    recorded in metadata.json), pinned checkpoints ('kf-ckpt pin'), saves that may still be in
+    flight, the newest keep_last_n complete checkpoints and the newest complete one, and
+    anything that is not a step_<N> directory in DIR. Scan, plan and deletion happen under
+    DIR's lock, the one training takes.
 
     DIR defaults to checkpoint.dir of the config: the job file (--config), else the config
     recorded in the newest checkpoint, else the defaults; --set overrides apply on top and

@@ -118,7 +118,7 @@ def ls(
 
 
 class LsView:
-    """Which rows, in which order, with which metric columns (``--filter``, ``--sort``, ``--metric``)."""
+    """The rows, their order and the metric columns (``--filter``, ``--sort``, ``--metric``)."""
 
     def __init__(
         self, *, metrics: tuple[str, ...] = (), sort: str = "step", filters: tuple[str, ...] = ()
@@ -137,7 +137,7 @@ class LsView:
         key = _SORT_KEYS.get(name) or _metric_key(name.removeprefix("metric:"))
         present = [row for row in rows if key(row) is not None]
         missing = [row for row in rows if key(row) is None]
-        present.sort(key=key, reverse=self.sort.startswith("-"))  # type: ignore[arg-type,return-value]
+        present.sort(key=key, reverse=self.sort.startswith("-"))  # type: ignore[arg-type]
         return present + missing
 
 
@@ -182,7 +182,9 @@ def _ls_rows(catalog: Catalog, plan: RetentionPlan, selection: ConfigSelection) 
 
 _MARKS = {
     (latest, milestone, pinned): ",".join(
-        mark for mark, on in (("latest", latest), ("milestone", milestone), ("pinned", pinned)) if on
+        mark
+        for mark, on in (("latest", latest), ("milestone", milestone), ("pinned", pinned))
+        if on
     )
     for latest in (False, True)
     for milestone in (False, True)

@@ -70,14 +70,19 @@ LS_FILTERED = """\
 
 def test_pin_then_ls_shows_the_mark_and_the_note(run_cli, metrics_tree: Path) -> None:
     done = run_cli("pin", "ckpt/step_200", "--note", "best eval loss 2.47")
-    assert (done.exit_code, done.stdout) == (0, "pinned step 200 (ckpt/step_200): best eval loss 2.47\n")
+    assert (done.exit_code, done.stdout) == (
+        0,
+        "pinned step 200 (ckpt/step_200): best eval loss 2.47\n",
+    )
     listing = run_cli("ls", "ckpt")
     assert (listing.exit_code, listing.stdout) == (0, LS_PINNED)
 
 
 def test_ls_sorts_by_a_metric_and_filters(run_cli, metrics_tree: Path) -> None:
     assert run_cli("pin", "ckpt", "--step", "200", "--note", "best eval loss 2.47").exit_code == 0
-    by_loss = run_cli("ls", "ckpt", "--metric", "eval_loss", "--metric", "lr", "--sort", "metric:eval_loss")
+    by_loss = run_cli(
+        "ls", "ckpt", "--metric", "eval_loss", "--metric", "lr", "--sort", "metric:eval_loss"
+    )
     assert (by_loss.exit_code, by_loss.stdout) == (0, LS_BY_LOSS)
     filtered = run_cli("ls", "ckpt", "--filter", "pinned", "--filter", "milestone", "--sort=-size")
     assert (filtered.exit_code, filtered.stdout) == (0, LS_FILTERED)
@@ -88,7 +93,11 @@ def test_ls_sorts_by_a_metric_and_filters(run_cli, metrics_tree: Path) -> None:
     assert [c["step"] for c in young["checkpoints"]] == [600, 500, 400, 300, 200, 100, 2]
     deletable = json.loads(run_cli("ls", "ckpt", "--filter", "deletable", "--json").stdout)
     assert [c["step"] for c in deletable["checkpoints"]] == [100, 300]
-    assert (deletable["filter"], deletable["sort"], deletable["count"]) == (["deletable"], "step", 7)
+    assert (deletable["filter"], deletable["sort"], deletable["count"]) == (
+        ["deletable"],
+        "step",
+        7,
+    )
     incomplete = json.loads(run_cli("ls", "ckpt", "--filter", "incomplete", "--json").stdout)
     assert [c["step"] for c in incomplete["checkpoints"]] == [300, 600]
 
@@ -120,7 +129,10 @@ def test_ls_json_carries_pin_and_metrics(run_cli, metrics_tree: Path) -> None:
             "kf-ckpt: error: ckpt/step_300 is incomplete (no DCP .metadata); only a complete "
             "checkpoint can be pinned\n",
         ),
-        (["pin", "ckpt"], "is not a step_<N> checkpoint directory; pass one, or pass the checkpoint root with --step N"),
+        (
+            ["pin", "ckpt"],
+            "is not a step_<N> checkpoint directory; pass one, or pass the checkpoint root with --step N",
+        ),
         (["pin", "ckpt/step_best", "--step", "2"], "no checkpoint for step 2 under ckpt/step_best"),
         (["pin", "nowhere", "--step", "2"], "nowhere does not exist"),
         (["pin", "ckpt/step_200", "--step", "100"], "is the checkpoint of step 200, not 100"),
@@ -137,7 +149,10 @@ def test_pin_errors_exit_2_and_change_nothing(run_cli, fixed_tree: Path, args, m
 
 def test_unpin_not_pinned_is_a_no_op_and_unpin_releases(run_cli, fixed_tree: Path) -> None:
     result = run_cli("unpin", "ckpt/step_100")
-    assert (result.exit_code, result.stdout) == (0, "step 100 (ckpt/step_100) is not pinned; nothing to do\n")
+    assert (result.exit_code, result.stdout) == (
+        0,
+        "step 100 (ckpt/step_100) is not pinned; nothing to do\n",
+    )
     assert run_cli("pin", "ckpt/step_100", "--note", "x").exit_code == 0
     again = run_cli("pin", "ckpt/step_100", "--note", "paper table 2")
     assert again.stdout == "updated the pin of step 100 (ckpt/step_100): paper table 2\n"
@@ -164,7 +179,10 @@ def test_pin_under_a_held_lock_exits_75(run_cli, fixed_tree: Path, tmp_path: Pat
 
 def test_installed_pin_and_unpin(fixed_tree: Path, tmp_path: Path) -> None:
     done = run_installed("pin", "ckpt/step_400", "--note", "before the spike", cwd=tmp_path)
-    assert (done.returncode, done.stdout) == (0, "pinned step 400 (ckpt/step_400): before the spike\n")
+    assert (done.returncode, done.stdout) == (
+        0,
+        "pinned step 400 (ckpt/step_400): before the spike\n",
+    )
     undone = run_installed("unpin", "ckpt/step_400", cwd=tmp_path)
     assert undone.returncode == 0 and undone.stdout.startswith("unpinned step 400")
 
@@ -218,7 +236,11 @@ def test_plan_forecasts_pins(run_cli, tmp_path: Path) -> None:
     assert result.exit_code == 0
     assert "13 left at the end" in result.stdout
     assert result.stdout.endswith(PLAN_PINNED)
-    doc = json.loads(run_cli("plan", "-c", "job.toml", "--max-steps", "1000", "--pins", "300,500", "--json").stdout)
+    doc = json.loads(
+        run_cli(
+            "plan", "-c", "job.toml", "--max-steps", "1000", "--pins", "300,500", "--json"
+        ).stdout
+    )
     assert doc["pins"] == [300, 500]
     assert [s["step"] for s in doc["saves"] if s["pinned"]] == [300, 500]
     assert doc["survivors"] == [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 500, 900, 1000]

@@ -100,5 +100,6 @@ class PinsMixin:
     def _held_pins(self) -> dict[int, str | None]:
         held: dict[int, str | None] | None = getattr(self, "_pins_held", None)
         if held is None:
-            held = self._pins_held = {}
+            held = {}
+            self._pins_held: dict[int, str | None] = held
         return held

@@ -303,7 +303,9 @@ def _fields(entry: Any, configs: list[Any]) -> dict[str, Any]:
 def _pin(fields: dict[str, Any]) -> Any:
     from kempnerforge.checkpoint.store.pins import Pin
 
-    return Pin(**{k: v for k, v in fields.items() if k in _PIN_KEYS and type(v) in (str, type(None))})
+    return Pin(
+        **{k: v for k, v in fields.items() if k in _PIN_KEYS and type(v) in (str, type(None))}
+    )
 
 
 _PIN_KEYS = frozenset({"note", "pinned_at", "user", "host"})

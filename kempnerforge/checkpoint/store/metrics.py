@@ -36,9 +36,7 @@ def checked_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float | int 
     if metrics is None:
         return {}
     if not isinstance(metrics, Mapping):
-        raise TypeError(
-            f"metrics must be a dict of names to numbers, got {type(metrics).__name__}"
-        )
+        raise TypeError(f"metrics must be a dict of names to numbers, got {type(metrics).__name__}")
     if len(metrics) > MAX_METRICS:
         raise ValueError(f"metrics holds {len(metrics)} entries; at most {MAX_METRICS} are kept")
     checked: dict[str, float | int | None] = {}

@@ -74,7 +74,12 @@ class Pin:
 
     def to_dict(self) -> dict[str, str | None]:
         """The fields as a JSON object (the ``"pin"`` of ``kf-ckpt ls --json``)."""
-        return {"note": self.note, "pinned_at": self.pinned_at, "user": self.user, "host": self.host}
+        return {
+            "note": self.note,
+            "pinned_at": self.pinned_at,
+            "user": self.user,
+            "host": self.host,
+        }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -226,7 +231,11 @@ def _existing_step_dir(root: Path, step: int) -> Path:
     except FileNotFoundError:
         mode = None
     if mode is None or not stat.S_ISDIR(mode):
-        what = "no checkpoint" if mode is None else f"{step_dir.name} is not a directory, no checkpoint"
+        what = (
+            "no checkpoint"
+            if mode is None
+            else f"{step_dir.name} is not a directory, no checkpoint"
+        )
         raise CheckpointNotFoundError(f"{what} for step {step} under {root}")
     return step_dir
 

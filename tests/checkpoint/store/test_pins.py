@@ -148,7 +148,9 @@ def test_pin_waits_for_the_lock_then_gives_up(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "content", [b"{not json", b"[1, 2]", b"\xff\xfe", None], ids=["corrupt", "list", "bytes", "link"]
+    "content",
+    [b"{not json", b"[1, 2]", b"\xff\xfe", None],
+    ids=["corrupt", "list", "bytes", "link"],
 )
 def test_an_unreadable_pin_file_still_pins(tmp_path: Path, content: bytes | None) -> None:
     root = make_root(tmp_path / "ckpt", [10, 20, 30], latest=30)
@@ -217,7 +219,9 @@ def test_pin_racing_gc_in_two_processes_never_loses_a_pinned_checkpoint(tmp_path
 def test_simulated_pins_agree_with_the_round_by_round_replay() -> None:
     from kempnerforge.checkpoint.store.simulate import _Replay, save_steps, simulate_run
 
-    config = CheckpointConfig(interval=10, keep_last_n=3, dyn_ckpt_window=DynamicCheckpointWindow(0, 64))
+    config = CheckpointConfig(
+        interval=10, keep_last_n=3, dyn_ckpt_window=DynamicCheckpointWindow(0, 64)
+    )
     pins = frozenset({70, 500, 510, 9000})
     sim = simulate_run(config, 20_000, pins=pins)
     fates, peak, _ = _Replay(config, save_steps(config, 20_000), shortcuts=False, pins=pins).run()
