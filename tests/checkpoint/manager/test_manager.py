@@ -110,6 +110,7 @@ def test_save_writes_the_on_disk_contract(tmp_path: Path) -> None:
         "world_size",
         "format_version",
         "saved_at",
+        "metrics",
     }
     assert (meta[2]["step"], meta[2]["tokens_seen"], meta[2]["world_size"]) == (2, 8, 1)
     assert meta[2]["dynamic_milestone"] is True  # 0 + 2^1
