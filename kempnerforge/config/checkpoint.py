@@ -57,10 +57,10 @@ class DynamicCheckpointWindow:
     ``@registry.register_dyn_ckpt_strategy(name)`` and become selectable by setting ``strategy``.
     """
 
-    start: int
+    start: int = 0
     """First step of the window (inclusive, ``>= 0``)."""
 
-    stop: int
+    stop: int = 512
     """Last step of the window (inclusive, ``>= start``)."""
 
     strategy: str = POWER2
@@ -77,16 +77,18 @@ class DynamicCheckpointWindow:
             )
         if self.strategy not in registry.list_dyn_ckpt_strategies():
             known = ", ".join(repr(n) for n in registry.list_dyn_ckpt_strategies())
+            # "unknown dyn_ckpt_window.strategy" is upstream KempnerForge's wording: code that
+            # matches on it keeps working.
             raise ValueError(
-                f"checkpoint.dyn_ckpt_window.strategy must be a registered strategy "
-                f"({known}), got {self.strategy!r}"
+                f"unknown dyn_ckpt_window.strategy {self.strategy!r}: "
+                f"checkpoint.dyn_ckpt_window.strategy must be a registered strategy ({known})"
             )
 
     def contains(self, step: int) -> bool:
         """Whether ``step`` lies inside ``[start, stop]``."""
         return self.start <= step <= self.stop
 
-    def fires(self, step: int) -> bool:
+    def is_milestone(self, step: int) -> bool:
         """Whether the strategy saves at ``step`` (always False outside the window)."""
         if not self.contains(step):
             return False
@@ -185,7 +187,7 @@ class CheckpointConfig:
             raise ValueError(f"step must be >= 0, got {step}")
         window = self.dyn_ckpt_window
         if window is not None and window.contains(step):
-            return window.fires(step)
+            return window.is_milestone(step)
         return step % self.interval == 0
 
     def is_dynamic_milestone(self, step: int) -> bool:
@@ -195,7 +197,7 @@ class CheckpointConfig:
         early-window checkpoints survive a finite retention.
         """
         window = self.dyn_ckpt_window
-        return window is not None and window.fires(step)
+        return window is not None and window.is_milestone(step)
 
 
 EXPORT_DTYPES: tuple[str, ...] = tuple(

@@ -159,11 +159,6 @@ def _build_window(data: Any, source: str | None) -> DynamicCheckpointWindow | No
             valid = _valid(_WINDOW_FIELDS, prefix)
             raise ConfigError(f"unknown key {prefix}{key}{_where(source)}; valid keys: {valid}")
         _check_type(prefix + key, _KINDS[key], value, source)
-    missing = [k for k in ("start", "stop") if k not in data]
-    if missing:
-        raise ConfigError(
-            f"{prefix}{missing[0]} is required{_where(source)} when the window is set"
-        )
     try:
         return DynamicCheckpointWindow(**data)
     except ValueError as exc:
@@ -201,7 +196,8 @@ def apply_overrides(config: CheckpointConfig, overrides: Iterable[str]) -> Check
 
     Keys may be written with or without the ``checkpoint.`` prefix. Setting
     ``checkpoint.dyn_ckpt_window=none`` removes the window; setting a window key when there is no
-    window creates one (``start`` and ``stop`` must then both be set).
+    window creates one, the keys not set taking their defaults (``start=0``, ``stop=512``,
+    ``strategy="power2"``), as an empty ``[checkpoint.dyn_ckpt_window]`` table does.
 
     Raises:
         ConfigError: a malformed override, an unknown key, or a bad value.

@@ -77,7 +77,7 @@ def test_window_boundaries():
     window = W(100, 300)
     assert not window.contains(99) and window.contains(100) and window.contains(300)
     assert not window.contains(301)
-    assert not window.fires(99) and not window.fires(300) and window.fires(228)
+    assert not window.is_milestone(99) and not window.is_milestone(300) and window.is_milestone(228)
 
 
 def test_negative_step_is_an_error():
@@ -113,6 +113,7 @@ def test_config_validation(kwargs, message):
         ((-1, 10), "checkpoint.dyn_ckpt_window.start must be >= 0, got -1"),
         ((10, 9), "checkpoint.dyn_ckpt_window.stop must be >= start (10), got 9"),
         ((0, 10, "fibonacci"), "checkpoint.dyn_ckpt_window.strategy must be a registered strategy ("),
+        ((0, 10, "fibonacci"), "unknown dyn_ckpt_window.strategy 'fibonacci'"),
         (("0", 10), "checkpoint.dyn_ckpt_window.start must be an integer, got '0'"),
     ],
 )  # fmt: skip
@@ -125,7 +126,7 @@ def test_window_validation(args, message):
 def test_unknown_strategy_lists_the_registered_ones():
     with pytest.raises(ValueError) as excinfo:
         DynamicCheckpointWindow(0, 10, "fibonacci")
-    assert "'power2'" in str(excinfo.value) and "got 'fibonacci'" in str(excinfo.value)
+    assert "'power2'" in str(excinfo.value) and "'fibonacci'" in str(excinfo.value)
 
 
 def test_async_mode_string_is_coerced():
@@ -190,3 +191,32 @@ def test_exclude_from_loading_default_is_not_shared():
     a, b = CheckpointConfig(), CheckpointConfig()
     a.exclude_from_loading.append("optimizer")
     assert b.exclude_from_loading == []
+
+
+def test_window_defaults_and_method_names_follow_upstream():
+    """DynamicCheckpointWindow(stop=1024) and an empty window work as in KempnerForge."""
+    assert DynamicCheckpointWindow() == DynamicCheckpointWindow(0, 512, "power2")
+    window = DynamicCheckpointWindow(stop=1024)
+    assert (window.start, window.stop, window.strategy) == (0, 1024, "power2")
+    assert [s for s in range(1100) if window.is_milestone(s)] == [0] + [2**k for k in range(11)]
+    assert window.contains(1024) and not window.contains(1025)
+    assert not hasattr(window, "fires")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "upstream_wording"),
+    [
+        ({"start": -1}, "dyn_ckpt_window.start must be >= 0"),
+        ({"start": 10, "stop": 5}, "dyn_ckpt_window.stop must be >= start"),
+        ({"strategy": "nope"}, "unknown dyn_ckpt_window.strategy"),
+    ],
+)
+def test_window_errors_contain_upstream_wording(kwargs, upstream_wording):
+    with pytest.raises(ValueError) as excinfo:
+        DynamicCheckpointWindow(**kwargs)
+    assert upstream_wording in str(excinfo.value)
+
+
+def test_interval_error_contains_upstream_wording():
+    with pytest.raises(ValueError, match="interval must be positive"):
+        CheckpointConfig(interval=0)

@@ -118,9 +118,9 @@ def test_load_config_uses_base_without_a_file():
         ("[checkpoint]\nasync_mode = \"later\"\n", "checkpoint.async_mode must be one of 'disabled', 'async', 'async_with_pinned_mem', got 'later' in {path}"),
         ("[checkpoint]\nexclude_from_loading = \"optimizer\"\n", "checkpoint.exclude_from_loading in {path} must be a list of strings"),
         ("[checkpoint.dyn_ckpt_window]\nstart = 0\nend = 5\n", "unknown key checkpoint.dyn_ckpt_window.end in {path}; valid keys: checkpoint.dyn_ckpt_window.start, checkpoint.dyn_ckpt_window.stop, checkpoint.dyn_ckpt_window.strategy"),
-        ("[checkpoint.dyn_ckpt_window]\nstart = 0\n", "checkpoint.dyn_ckpt_window.stop is required in {path}"),
+        ("[checkpoint.dyn_ckpt_window]\nstart = 600\n", "checkpoint.dyn_ckpt_window.stop must be >= start (600), got 512 in {path}"),
         ("[checkpoint.dyn_ckpt_window]\nstart = 5\nstop = 1\n", "checkpoint.dyn_ckpt_window.stop must be >= start (5), got 1 in {path}"),
-        ("[checkpoint.dyn_ckpt_window]\nstart = 0\nstop = 1\nstrategy = \"nope\"\n", "checkpoint.dyn_ckpt_window.strategy must be a registered strategy"),
+        ("[checkpoint.dyn_ckpt_window]\nstart = 0\nstop = 1\nstrategy = \"nope\"\n", "unknown dyn_ckpt_window.strategy 'nope': checkpoint.dyn_ckpt_window.strategy must be a registered strategy"),
         ("[checkpoint]\ndyn_ckpt_window = 5\n", "checkpoint.dyn_ckpt_window in {path} must be a table, got 5"),
         ("checkpoint = 3\n", "checkpoint in {path} must be a table, got 3"),
         ("[checkpoint\ninterval = 5\n", "config file {path} is not valid TOML"),
@@ -153,7 +153,7 @@ def test_missing_file_and_directory(tmp_path):
         ("checkpoint.interval=0", "checkpoint.interval must be positive, got 0 in overrides"),
         ("checkpoint.ignore_freeze_mismatch=maybe", "expected true or false"),
         ("checkpoint.export_dtype=fp16", "checkpoint.export_dtype must be one of 'bfloat16', 'float32', got 'fp16'"),
-        ("checkpoint.dyn_ckpt_window.stop=10", "checkpoint.dyn_ckpt_window.start is required in overrides"),
+        ("checkpoint.dyn_ckpt_window.start=600", "checkpoint.dyn_ckpt_window.stop must be >= start (600), got 512 in overrides"),
         ("checkpoint.dyn_ckpt_window=3", "only 'none' is allowed here"),
         ('checkpoint.exclude_from_loading=["a", 1]', "expected a comma-separated list or a JSON list"),
     ],
@@ -192,3 +192,17 @@ def test_dict_form_rejects_unknown_keys():
     data = config_to_dict(CheckpointConfig()) | {"colour": "blue"}
     with pytest.raises(ConfigError, match=r"unknown key checkpoint\.colour in run/metadata\.json"):
         config_from_dict(data, source="run/metadata.json")
+
+
+def test_empty_window_table_opts_in_with_upstream_defaults(tmp_path):
+    """KempnerForge documents an empty [checkpoint.dyn_ckpt_window] as start=0, stop=512, power2."""
+    config = config_from_toml(write(tmp_path, "[checkpoint]\ninterval = 100\n\n[checkpoint.dyn_ckpt_window]\n"))
+    assert config.dyn_ckpt_window == DynamicCheckpointWindow(0, 512, "power2")
+    assert config_from_dict({"dyn_ckpt_window": {}}).dyn_ckpt_window == DynamicCheckpointWindow()
+    partial = config_from_toml(write(tmp_path, "[checkpoint.dyn_ckpt_window]\nstop = 1024\n"))
+    assert partial.dyn_ckpt_window == DynamicCheckpointWindow(start=0, stop=1024)
+
+
+def test_one_window_override_creates_a_window_with_defaults():
+    config = apply_overrides(CheckpointConfig(), ["checkpoint.dyn_ckpt_window.stop=10"])
+    assert config.dyn_ckpt_window == DynamicCheckpointWindow(0, 10, "power2")

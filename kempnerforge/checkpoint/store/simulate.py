@@ -109,9 +109,9 @@ def save_steps(config: CheckpointConfig, max_steps: int) -> list[int]:
         while window.start + offset <= hi:
             candidates.append(window.start + offset)
             offset *= 2
-        inside = [s for s in candidates if lo <= s <= hi and window.fires(s)]
+        inside = [s for s in candidates if lo <= s <= hi and window.is_milestone(s)]
     else:
-        inside = [s for s in range(lo, hi + 1) if window.fires(s)]
+        inside = [s for s in range(lo, hi + 1) if window.is_milestone(s)]
     before = range(interval, min(window.start - 1, max_steps) + 1, interval)
     first_after = (window.stop // interval + 1) * interval
     after = range(first_after, max_steps + 1, interval)
