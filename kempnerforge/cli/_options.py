@@ -13,6 +13,7 @@ __all__ = [
     "config_options",
     "gc_paused",
     "parse_size",
+    "selection_options",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -44,6 +45,26 @@ def config_options(fn: F) -> F:
         metavar="JOB.toml",
         help="KempnerForge job file whose [checkpoint] table to use "
         "(default: the config recorded in the newest checkpoint, else the defaults).",
+    )(fn)
+    return fn
+
+
+def selection_options(fn: F) -> F:
+    """Repeated ``--include GLOB`` / ``--exclude GLOB``: which tensors are the model part."""
+    fn = click.option(
+        "--exclude",
+        "exclude",
+        multiple=True,
+        metavar="GLOB",
+        help="Leave out tensors whose dotted name matches GLOB, e.g. 'output.*' (repeatable).",
+    )(fn)
+    fn = click.option(
+        "--include",
+        "include",
+        multiple=True,
+        metavar="GLOB",
+        help="Take the tensors whose dotted name matches GLOB instead of the model part, "
+        "e.g. 'ema.*', for layouts kf-ckpt does not know (repeatable).",
     )(fn)
     return fn
 

@@ -121,7 +121,20 @@ def echo_json(document: dict[str, Any]) -> None:
 
 def catalog_warnings(catalog: Catalog) -> list[str]:
     """Skipped entries (not the toolkit's own), an ignored ``latest``, unreadable metadata."""
-    lines = [f"skipped {s.name}: {s.reason}" for s in catalog.skipped if not s.toolkit_entry]
+    lines = [
+        f"skipped {s.name}: {s.reason}"
+        for s in catalog.skipped
+        if not s.toolkit_entry and not s.dcp_checkpoint
+    ]
+    foreign = [s for s in catalog.skipped if s.dcp_checkpoint]
+    if foreign:
+        names = ", ".join(s.name for s in foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        lines.append(
+            f"{plural(len(foreign), 'DCP checkpoint')} not named step_<N> ({names}), written by "
+            f"another tool (torchtitan writes step-N) or renamed: not managed here (gc never "
+            f"touches them), but 'kf-ckpt export' and 'kf-ckpt show' work on each, e.g. "
+            f"'kf-ckpt show {foreign[-1].path}'"
+        )
     lines += catalog.warnings
     for info in catalog.checkpoints:
         if info.warnings:

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from kempnerforge.cli._options import config_options, parse_size
+from kempnerforge.cli._options import config_options, parse_size, selection_options
 from kempnerforge.cli._render import human_bytes
 from kempnerforge.config.checkpoint import EXPORT_DTYPES
 
@@ -60,6 +60,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
 @click.option(
     "--force", is_flag=True, help="Replace an existing output (once the new one is complete)."
 )
+@selection_options
 @click.option("--verify", is_flag=True, help="Read the output back and compare every tensor.")
 def export(
     src: str | None,
@@ -70,13 +71,19 @@ def export(
     dtype: str | None,
     max_shard_size: int,
     force: bool,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
     verify: bool,
 ) -> None:
     """Export the model weights of a checkpoint as safetensors.
 
-    SRC is a checkpoint root (default: checkpoint.dir of the config) or one step_N directory.
-    Only the model part is read, in bounded batches; the optimizer state is never loaded.
-    Floating tensors are cast to --dtype; integer and bool tensors keep theirs.
+    SRC is a checkpoint root (default: checkpoint.dir of the config) or one checkpoint
+    directory: any directory holding a DCP .metadata, whatever its name and whoever wrote it
+    (a renamed copy, torchtitan's step-N, a plain dcp.save). Only the model part is read, in
+    bounded batches; the optimizer state is never loaded. The model part is the 'model' group
+    when there is one, else every tensor outside the optimizer, optim, lr_scheduler, scheduler,
+    dataloader, train_state, rng and extra groups; --include/--exclude override it. Floating
+    tensors are cast to --dtype; integer and bool tensors keep theirs.
     """
     from kempnerforge.checkpoint.export.exporter import export_safetensors
     from kempnerforge.checkpoint.store.selection import select_checkpoint
@@ -91,16 +98,22 @@ def export(
             force=force,
             verify=verify,
             progress=_progress_bar(stack) if sys.stderr.isatty() else None,
+            include=include,
+            exclude=exclude,
         )
     for note in result.notes:
         click.echo(f"kf-ckpt: note: {note}", err=True)
     files = "1 file" if len(result.files) == 1 else f"{len(result.files)} files"
     click.echo(
         f"exported {result.tensors} tensors ({human_bytes(result.size_bytes)}, {result.dtype}) "
-        f"of step {result.step} to {result.output} in {files}, {result.elapsed_s:.1f} s"
+        f"of {_which(result.step, result.step_dir)} to {result.output} in {files}, {result.elapsed_s:.1f} s"
         + ("; verified" if result.verified else ""),
         err=True,
     )
+
+
+def _which(step: int | None, step_dir: Path) -> str:
+    return f"step {step}" if step is not None else str(step_dir)
 
 
 def _progress_bar(stack: contextlib.ExitStack) -> Callable[[int, int], None]:

@@ -11,9 +11,17 @@ import json
 
 import click
 
+from kempnerforge.cli._options import selection_options
 from kempnerforge.cli._render import human_bytes, render_table
 
 __all__ = ["show"]
+
+_RULES = {
+    "model_group": "the 'model' group",
+    "outside_non_model_groups": "the rule for checkpoints without a 'model' group "
+    "(everything outside optimizer, lr_scheduler, dataloader, train_state, ...)",
+    "include_patterns": "--include",
+}
 
 
 @click.command()
@@ -24,16 +32,25 @@ __all__ = ["show"]
     default=None,
     help="Step to show (default: the newest complete).",
 )
+@selection_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
-def show(src: str, step: int | None, as_json: bool) -> None:
-    """List the model tensors of a checkpoint and the size of its optimizer state.
+def show(
+    src: str,
+    step: int | None,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """List the model tensors of a checkpoint, the rule that chose them, its top-level groups
+    and the size of its optimizer state.
 
     SRC is a checkpoint root (then --step, default the newest complete checkpoint) or one
-    step_N directory. Only the DCP metadata is read, never tensor data.
+    checkpoint directory: any directory holding a DCP .metadata, whoever wrote it. Only the
+    DCP metadata is read, never tensor data.
     """
     from kempnerforge.checkpoint.export.contents import inspect_checkpoint
 
-    contents = inspect_checkpoint(src, step)
+    contents = inspect_checkpoint(src, step, include=include, exclude=exclude)
     if as_json:
         click.echo(json.dumps(contents.to_json(), indent=2))
         return
@@ -50,9 +67,25 @@ def show(src: str, step: int | None, as_json: bool) -> None:
     ]
     headers = ("name", "shape", "dtype", "size", *(["stage"] if with_stage else []))
     tokens = f", {contents.tokens_seen:,} tokens seen" if contents.tokens_seen is not None else ""
-    click.echo(f"{contents.step_dir} (step {contents.step}{tokens})")
+    step = f"step {contents.step}" if contents.step is not None else "step unknown"
+    click.echo(f"{contents.step_dir} ({step}{tokens})")
     click.echo(render_table(rows, headers, "l" * len(headers)))
-    click.echo(f"model: {len(contents.tensors)} tensors, {human_bytes(contents.model_size_bytes)}")
+    excluded = (
+        f", {contents.excluded_by_pattern} more left out by --exclude"
+        if contents.excluded_by_pattern
+        else ""
+    )
+    click.echo(
+        f"model: {len(contents.tensors)} tensors, {human_bytes(contents.model_size_bytes)}, "
+        f"chosen by {_RULES[contents.rule]}{excluded}"
+    )
+    click.echo(
+        "groups: "
+        + ", ".join(
+            f"{g.name} ({g.tensors}, {human_bytes(g.size_bytes)})" for g in contents.groups[:12]
+        )
+        + (f", ... ({len(contents.groups)} groups)" if len(contents.groups) > 12 else "")
+    )
     click.echo(
         f"optimizer state: {contents.optimizer_tensors} tensors, "
         f"{human_bytes(contents.optimizer_size_bytes)}"

@@ -89,12 +89,9 @@ def batches(
 
 def file_metadata(part: ModelPart, dtype: str) -> dict[str, str]:
     """The ``__metadata__`` of every output file (safetensors allows strings only)."""
-    metadata = {
-        "format": "pt",
-        "step": str(part.step),
-        "dtype": dtype,
-        "source": str(part.step_dir.resolve()),
-    }
+    metadata = {"format": "pt", "dtype": dtype, "source": str(part.step_dir.resolve())}
+    if part.step is not None:
+        metadata["step"] = str(part.step)
     if part.tokens_seen is not None:
         metadata["tokens_seen"] = str(part.tokens_seen)
     return metadata

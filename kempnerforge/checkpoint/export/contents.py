@@ -1,19 +1,21 @@
 """What a checkpoint holds, from its DCP metadata alone (no tensor data is read).
 
 ``kf-ckpt show`` renders :func:`inspect_checkpoint`: every model tensor (name, shape, dtype,
-bytes) with totals, and the size of the optimizer state next to it.
+bytes) with totals, the rule that chose them, the top-level groups of the state dict, and the
+size of the optimizer state next to it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from kempnerforge.checkpoint.export._dcp_meta import plan_model_part
+from kempnerforge.checkpoint.export._dcp_meta import GroupSummary, SelectionRule, plan_model_part
 from kempnerforge.checkpoint.store.selection import resolve_checkpoint
 
-__all__ = ["CheckpointContents", "TensorInfo", "inspect_checkpoint"]
+__all__ = ["CheckpointContents", "GroupSummary", "SelectionRule", "TensorInfo", "inspect_checkpoint"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,9 +36,17 @@ class CheckpointContents:
     """The model tensors of one checkpoint and the sizes of the rest of its DCP state."""
 
     step_dir: Path
-    step: int
+    step: int | None
+    """From ``metadata.json``, else the directory name; None when neither records one."""
     tokens_seen: int | None
     tensors: tuple[TensorInfo, ...]
+    rule: SelectionRule
+    """Which rule chose the model tensors: the ``model`` group, everything outside the known
+    non-model groups, or the include patterns."""
+    excluded_by_pattern: int
+    """Tensors the rule chose that the exclude patterns removed."""
+    groups: tuple[GroupSummary, ...]
+    """The top-level groups of the saved state dict (tensor count and bytes of each)."""
     model_size_bytes: int
     optimizer_tensors: int
     optimizer_size_bytes: int
@@ -51,20 +61,31 @@ class CheckpointContents:
         data["step_dir"] = str(self.step_dir)
         data["tensors"] = [{**t, "shape": list(t["shape"])} for t in data["tensors"]]
         data["notes"] = list(self.notes)
+        data["rule"] = str(self.rule)
+        data["groups"] = [asdict(g) for g in self.groups]
         return data
 
 
-def inspect_checkpoint(src: str | Path, step: int | None = None) -> CheckpointContents:
+def inspect_checkpoint(
+    src: str | Path,
+    step: int | None = None,
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> CheckpointContents:
     """List the model tensors of a checkpoint and size its optimizer state, from metadata only.
 
     Args:
-        src: a ``step_<N>`` directory, or a checkpoint root (then ``step``, default the newest
-            complete checkpoint).
+        src: a checkpoint directory (any directory holding a DCP ``.metadata``, whoever wrote
+            it), or a checkpoint root (then ``step``, default the newest complete checkpoint).
         step: which checkpoint of a root to inspect.
+        include: glob patterns on dotted names that replace the model-part rule.
+        exclude: glob patterns on dotted names of tensors to leave out.
 
     Raises:
         CheckpointRootError, CheckpointNotFoundError: ``src``/``step`` name no checkpoint.
         CorruptCheckpointError: the checkpoint is incomplete or its metadata is unreadable.
+        ExportError: the selection holds no tensor (the message lists the groups found).
 
     Example:
         >>> contents = inspect_checkpoint("runs/a", step=1500)  # doctest: +SKIP
@@ -72,7 +93,7 @@ def inspect_checkpoint(src: str | Path, step: int | None = None) -> CheckpointCo
         (14_000_000_000, 28_000_000_000)
     """
     step_dir = resolve_checkpoint(src, step)
-    part = plan_model_part(step_dir)
+    part = plan_model_part(step_dir, include=include, exclude=exclude)
     tensors = tuple(
         TensorInfo(
             name=e.name,
@@ -89,6 +110,9 @@ def inspect_checkpoint(src: str | Path, step: int | None = None) -> CheckpointCo
         step=part.step,
         tokens_seen=part.tokens_seen,
         tensors=tensors,
+        rule=part.rule,
+        excluded_by_pattern=part.excluded_by_pattern,
+        groups=part.groups,
         model_size_bytes=sum(t.size_bytes for t in tensors),
         optimizer_tensors=part.optimizer_tensors,
         optimizer_size_bytes=part.optimizer_size_bytes,

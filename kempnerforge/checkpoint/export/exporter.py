@@ -21,6 +21,7 @@ import torch
 from kempnerforge.checkpoint.export import _output as output
 from kempnerforge.checkpoint.export._dcp_meta import (
     ModelPart,
+    SelectionRule,
     TensorEntry,
     load_tensors,
     plan_model_part,
@@ -69,13 +70,16 @@ class ExportResult:
     output: Path
     files: tuple[Path, ...]
     step_dir: Path
-    step: int
+    step: int | None
+    """None when neither ``metadata.json`` nor the directory name records one."""
     dtype: str
     tensors: int
     size_bytes: int
     """Tensor bytes written (headers excluded)."""
     elapsed_s: float
     verified: bool
+    rule: SelectionRule
+    """Which rule chose the exported tensors (see :func:`plan_model_part`)."""
     notes: tuple[str, ...]
 
 
@@ -90,12 +94,14 @@ def export_safetensors(
     force: bool = False,
     verify: bool = False,
     progress: ProgressCallback | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
 ) -> ExportResult:
     """Export the model weights of a checkpoint as safetensors.
 
     Args:
-        src: a ``step_<N>`` directory, or a checkpoint root (then ``step``, default the newest
-            complete checkpoint).
+        src: a checkpoint directory (any directory holding a DCP ``.metadata``, whoever wrote
+            it), or a checkpoint root (then ``step``, default the newest complete checkpoint).
         out: a path ending in ``.safetensors`` (one file), else a directory that receives
             ``model.safetensors`` or, above ``max_shard_size``, shards plus an index.
         step: which checkpoint of a root to export.
@@ -107,13 +113,17 @@ def export_safetensors(
         verify: re-read the written files and compare every tensor with the checkpoint's value
             cast to the output dtype, before publishing them.
         progress: called with ``(done_bytes, total_bytes)`` as tensors are written.
+        include: glob patterns on dotted names that replace the model-part rule (for layouts it
+            does not know); see :func:`~kempnerforge.checkpoint.export._dcp_meta.plan_model_part`.
+        exclude: glob patterns on dotted names of tensors to leave out.
 
     Raises:
         ConfigError: a bad ``dtype``, ``max_shard_size`` or ``batch_bytes``.
         CheckpointRootError, CheckpointNotFoundError: ``src``/``step`` name no checkpoint.
         CorruptCheckpointError: the checkpoint is incomplete or its metadata is unreadable.
         OutputExistsError: ``out`` exists and ``force`` is off.
-        ExportError: the tensors could not be read; nothing was published.
+        ExportError: the selection holds no tensor, or the tensors could not be read; nothing
+            was published.
         VerifyError: ``verify`` found a difference; nothing was published.
 
     Example:
@@ -124,12 +134,7 @@ def export_safetensors(
     started = time.monotonic()
     out_dtype = _check_options(dtype, max_shard_size, batch_bytes)
     step_dir = resolve_checkpoint(src, step)
-    part = plan_model_part(step_dir)
-    if not part.tensors:
-        raise ExportError(
-            f"{step_dir} holds no model tensors (no state-dict entries under 'model'); "
-            f"see 'kf-ckpt show {step_dir}'"
-        )
+    part = plan_model_part(step_dir, include=include, exclude=exclude)
     target = output.prepare_output(Path(out), force=force)
     dtypes = output_dtypes(part.tensors, out_dtype)
     plan = plan_files(part.tensors, dtypes, target, max_shard_size)
@@ -175,6 +180,7 @@ def export_safetensors(
         size_bytes=total_bytes,
         elapsed_s=time.monotonic() - started,
         verified=verify,
+        rule=part.rule,
         notes=part.notes,
     )
 
@@ -185,17 +191,20 @@ def verify_export(
     *,
     step: int | None = None,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
 ) -> int:
     """Compare a published export with the checkpoint it came from; return the tensors checked.
 
     Every tensor of the model part must be in the output exactly once, equal to the checkpoint's
-    value cast to the dtype recorded in the file's ``__metadata__``.
+    value cast to the dtype recorded in the file's ``__metadata__``. ``include`` and
+    ``exclude`` must be those the export was made with.
 
     Raises:
         VerifyError: a tensor is missing, extra, or differs, or a file cannot be read.
     """
     step_dir = resolve_checkpoint(src, step)
-    part = plan_model_part(step_dir)
+    part = plan_model_part(step_dir, include=include, exclude=exclude)
     by_name = {e.name: e for e in part.tensors}
     problems: list[str] = []
     seen: set[str] = set()

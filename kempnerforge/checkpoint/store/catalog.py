@@ -28,6 +28,7 @@ from kempnerforge.checkpoint.store.layout import (
     LOCK_NAME,
     POLICY_NAME,
     TRASH_NAME,
+    holds_dcp_checkpoint,
     parse_step,
 )
 from kempnerforge.errors import CheckpointRootError
@@ -89,6 +90,9 @@ class SkippedEntry:
     reason: str
     toolkit_entry: bool = False
     """One of the toolkit's own entries (``latest``, the lock file, the trash)."""
+    dcp_checkpoint: bool = False
+    """A DCP checkpoint under a name that is not ``step_<N>`` (torchtitan's ``step-<N>``, a
+    renamed copy): never managed here, but it can be exported, shown and loaded."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -257,7 +261,15 @@ def _skipped(
         )
     else:
         toolkit = False
-        if step is None:
+        if step is None and entry.is_dir(follow_symlinks=False):
+            if holds_dcp_checkpoint(root / name):
+                reason = (
+                    "a DCP checkpoint not named step_<N> (another tool's, or a renamed copy): "
+                    "not managed here, but it can be exported and shown"
+                )
+                return SkippedEntry(name=name, path=root / name, reason=reason, dcp_checkpoint=True)
+            reason = "not a step_<N> name"
+        elif step is None:
             reason = "not a step_<N> name"
         elif entry.is_symlink():
             reason = "a symlink named like a checkpoint; never followed"

@@ -46,6 +46,9 @@ __all__ = [
     "MetadataRead",
     "assess_complete",
     "check_complete",
+    "guess_step",
+    "holds_dcp_checkpoint",
+    "list_foreign_checkpoints",
     "list_step_dirs",
     "parse_pp_stage",
     "parse_step",
@@ -72,6 +75,8 @@ POLICY_NAME = ".kf-ckpt.policy"
 :mod:`kempnerforge.checkpoint.store.policy`)."""
 
 _STEP_RE = re.compile(r"step_(\d+)")
+# Step-like names other tools write (torchtitan: ``step-1000``); read, never managed.
+_FOREIGN_STEP_RE = re.compile(r"step[-_](\d+)")
 _PP_RE = re.compile(r"pp(\d+)")
 _METADATA_MAX_BYTES = 16 * 2**20  # a metadata.json is a few kB; refuse to slurp a huge file
 _READ_CHUNK = 2**16
@@ -94,6 +99,40 @@ def parse_step(name: str) -> int | None:
         return None
     step = int(match.group(1))
     return step if step_dir_name(step) == name else None
+
+
+def guess_step(name: str) -> int | None:
+    """The step a checkpoint directory name suggests: ``step_<N>``, also non-canonical, or
+    torchtitan's ``step-<N>``. Only for reading a checkpoint; retention counts ``step_<N>`` alone.
+    """
+    match = _FOREIGN_STEP_RE.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def holds_dcp_checkpoint(path: Path) -> bool:
+    """Whether ``path`` holds a DCP checkpoint (its ``.metadata``, or ``pp<k>/`` stages).
+
+    Any such directory can be read (exported, shown, loaded) whatever its name and whoever wrote
+    it; only the ``step_<N>`` children of a root are managed by retention.
+    """
+    return (path / DCP_METADATA).is_file() or bool(pp_stage_dirs(path))
+
+
+def list_foreign_checkpoints(root: Path) -> list[Path]:
+    """Direct children of ``root`` that hold a DCP checkpoint but are not ``step_<N>`` dirs.
+
+    For example torchtitan's ``step-1000``, or a copy renamed by hand. Sorted by the step their
+    name suggests, then by name. Symlinks are not followed.
+    """
+    found: list[tuple[int, str, Path]] = []
+    with contextlib.suppress(OSError), os.scandir(root) as it:
+        for entry in it:
+            if parse_step(entry.name) is not None or not entry.is_dir(follow_symlinks=False):
+                continue
+            path = Path(entry.path)
+            if holds_dcp_checkpoint(path):
+                found.append((guess_step(entry.name) or -1, entry.name, path))
+    return [path for _, _, path in sorted(found)]
 
 
 def parse_pp_stage(name: str) -> int | None:

@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kempnerforge.checkpoint.store.layout import (
-    DCP_METADATA,
     METADATA_JSON,
     check_complete,
+    guess_step,
+    holds_dcp_checkpoint,
+    list_foreign_checkpoints,
     list_step_dirs,
     parse_step,
-    pp_stage_dirs,
     read_metadata_json,
     recorded_pp_stages,
 )
@@ -233,8 +234,10 @@ def newest_complete(root: Path) -> Path | None:
 def resolve_checkpoint(src: str | Path, step: int | None = None) -> Path:
     """The complete checkpoint directory that ``src`` (and ``step``) name.
 
-    ``src`` is either one ``step_<N>`` directory, or a checkpoint root; for a root, ``step``
-    picks the checkpoint, and by default the newest complete one is used.
+    ``src`` is either one checkpoint directory -- any directory holding a DCP ``.metadata``
+    (or ``pp<k>/`` stages), whatever its name and whoever wrote it -- or a checkpoint root; for
+    a root, ``step`` picks the checkpoint (a ``step_<N>`` child, else another tool's
+    ``step-<N>``), and by default the newest complete ``step_<N>`` one is used.
 
     Raises:
         CheckpointRootError: ``src`` does not exist or is not a directory.
@@ -250,32 +253,33 @@ def resolve_checkpoint(src: str | Path, step: int | None = None) -> Path:
     path = Path(src)
     if not path.exists():
         raise CheckpointRootError(
-            f"{path} does not exist; pass a checkpoint root or a step_<N> dir"
+            f"{path} does not exist; pass a checkpoint root or a checkpoint directory"
         )
     if not path.is_dir():
         raise CheckpointRootError(
-            f"{path} is not a directory; pass a checkpoint root or step_<N> dir"
+            f"{path} is not a directory; pass a checkpoint root or a checkpoint directory"
         )
     own_step = parse_step(path.name)
-    is_step_dir = own_step is not None and (
-        (path / DCP_METADATA).exists() or (path / METADATA_JSON).exists() or pp_stage_dirs(path)
+    is_checkpoint = holds_dcp_checkpoint(path) or (
+        own_step is not None and (path / METADATA_JSON).exists()
     )
-    if is_step_dir:
-        if step is not None and step != own_step:
+    if is_checkpoint:
+        named = own_step if own_step is not None else guess_step(path.name)
+        if step is not None and named is not None and step != named:
             raise CheckpointNotFoundError(
-                f"{path} is the checkpoint of step {own_step}, not {step}; "
+                f"{path} is the checkpoint of step {named}, not {step}; "
                 "drop --step or pass the root"
             )
         target = path
     else:
+        foreign = list_foreign_checkpoints(path)
         if step is None:
             newest = newest_complete(path)
             if newest is None:
-                raise CheckpointNotFoundError(
-                    f"no complete checkpoint under {path}; run 'kf-ckpt ls {path}'"
-                )
+                raise CheckpointNotFoundError(_nothing_under(path, foreign))
             return newest
         matches = [p for s, p in list_step_dirs(path) if s == step]
+        matches += [p for p in foreign if guess_step(p.name) == step]
         if not matches:
             raise CheckpointNotFoundError(
                 f"no checkpoint for step {step} under {path}; run 'kf-ckpt ls {path}'"
@@ -288,3 +292,14 @@ def resolve_checkpoint(src: str | Path, step: int | None = None) -> Path:
             f"with 'kf-ckpt ls {target.parent}'"
         )
     return target
+
+
+def _nothing_under(root: Path, foreign: list[Path]) -> str:
+    if not foreign:
+        return f"no complete checkpoint under {root}; run 'kf-ckpt ls {root}'"
+    names = ", ".join(p.name for p in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+    return (
+        f"no step_<N> checkpoint under {root}, but it holds {len(foreign)} DCP checkpoint"
+        f"{'s' if len(foreign) > 1 else ''} written under other names ({names}); pass one of "
+        f"them, e.g. {foreign[-1]}, or its step"
+    )

@@ -44,7 +44,8 @@ layers.1.bias    [8]      float32  32 B
 norm.weight      [8]      float32  32 B
 norm.bias        [8]      float32  32 B
 lm_head.weight   [16, 8]  float32  512 B
-model: 11 tensors, 1.7 kB
+model: 11 tensors, 1.7 kB, chosen by the 'model' group
+groups: model (11, 1.7 kB), optimizer (21, 2.3 kB)
 optimizer state: 21 tensors, 2.3 kB
 """
 
