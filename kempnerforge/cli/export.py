@@ -106,8 +106,8 @@ def export(
     files = "1 file" if len(result.files) == 1 else f"{len(result.files)} files"
     click.echo(
         f"exported {result.tensors} tensors ({human_bytes(result.size_bytes)}, {result.dtype}) "
-        f"of {_which(result.step, result.step_dir)} to {result.output} in {files}, {result.elapsed_s:.1f} s"
-        + ("; verified" if result.verified else ""),
+        f"of {_which(result.step, result.step_dir)} to {result.output} in {files}, "
+        f"{result.elapsed_s:.1f} s" + ("; verified" if result.verified else ""),
         err=True,
     )
 

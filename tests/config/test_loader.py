@@ -196,7 +196,9 @@ def test_dict_form_rejects_unknown_keys():
 
 def test_empty_window_table_opts_in_with_upstream_defaults(tmp_path):
     """KempnerForge documents an empty [checkpoint.dyn_ckpt_window] as start=0, stop=512, power2."""
-    config = config_from_toml(write(tmp_path, "[checkpoint]\ninterval = 100\n\n[checkpoint.dyn_ckpt_window]\n"))
+    config = config_from_toml(
+        write(tmp_path, "[checkpoint]\ninterval = 100\n\n[checkpoint.dyn_ckpt_window]\n")
+    )
     assert config.dyn_ckpt_window == DynamicCheckpointWindow(0, 512, "power2")
     assert config_from_dict({"dyn_ckpt_window": {}}).dyn_ckpt_window == DynamicCheckpointWindow()
     partial = config_from_toml(write(tmp_path, "[checkpoint.dyn_ckpt_window]\nstop = 1024\n"))

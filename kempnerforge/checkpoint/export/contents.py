@@ -15,7 +15,13 @@ from typing import Any
 from kempnerforge.checkpoint.export._dcp_meta import GroupSummary, SelectionRule, plan_model_part
 from kempnerforge.checkpoint.store.selection import resolve_checkpoint
 
-__all__ = ["CheckpointContents", "GroupSummary", "SelectionRule", "TensorInfo", "inspect_checkpoint"]
+__all__ = [
+    "CheckpointContents",
+    "GroupSummary",
+    "SelectionRule",
+    "TensorInfo",
+    "inspect_checkpoint",
+]
 
 
 @dataclass(frozen=True, kw_only=True)

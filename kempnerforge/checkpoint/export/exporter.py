@@ -43,7 +43,7 @@ from kempnerforge.checkpoint.export._verify import (
 )
 from kempnerforge.checkpoint.store.selection import resolve_checkpoint
 from kempnerforge.config.checkpoint import EXPORT_DTYPES
-from kempnerforge.errors import ConfigError, ExportError, VerifyError
+from kempnerforge.errors import ConfigError, VerifyError
 
 __all__ = [
     "DEFAULT_BATCH_BYTES",

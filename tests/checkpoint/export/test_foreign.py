@@ -169,9 +169,9 @@ def test_a_selection_that_leaves_nothing_lists_the_groups(weights_and_root):
 def test_installed_script_exports_a_torchtitan_checkpoint_with_exclude(torchtitan_root, tmp_path):
     root, weights = torchtitan_root
     out = tmp_path / "tt.safetensors"
+    args = ["export", str(root), "--step", "1000", "-o", str(out), "--exclude", "lm_head.*"]
     proc = subprocess.run(
-        [str(KF_CKPT), "export", str(root), "--step", "1000", "-o", str(out)]
-        + ["--exclude", "lm_head.*", "--dtype", "float32"],
+        [str(KF_CKPT), *args, "--dtype", "float32"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -186,4 +186,3 @@ def test_installed_script_exports_a_torchtitan_checkpoint_with_exclude(torchtita
     )
     assert shown.returncode == 0, shown.stderr
     assert "model: 4 tensors" in shown.stdout and "chosen by --include" in shown.stdout
-
