@@ -61,14 +61,14 @@ def show(
             "[" + ", ".join(str(d) for d in t.shape) + "]",
             t.dtype,
             human_bytes(t.size_bytes),
-            *([f"pp{t.stage}"] if with_stage else []),
+            *((f"pp{t.stage}",) if with_stage else ()),
         )
         for t in contents.tensors
     ]
-    headers = ("name", "shape", "dtype", "size", *(["stage"] if with_stage else []))
+    headers = ("name", "shape", "dtype", "size", *(("stage",) if with_stage else ()))
     tokens = f", {contents.tokens_seen:,} tokens seen" if contents.tokens_seen is not None else ""
-    step = f"step {contents.step}" if contents.step is not None else "step unknown"
-    click.echo(f"{contents.step_dir} ({step}{tokens})")
+    which = f"step {contents.step}" if contents.step is not None else "step unknown"
+    click.echo(f"{contents.step_dir} ({which}{tokens})")
     click.echo(render_table(rows, headers, "l" * len(headers)))
     excluded = (
         f", {contents.excluded_by_pattern} more left out by --exclude"

@@ -108,8 +108,9 @@ def test_set_overrides_the_job_file_and_recorded_configs_are_found(run_cli, tmp_
             "Invalid value for '--ckpt-size': '12XB' is not a size like 5GB, 512MiB or 1024",
         ),
         (
-            ["--max-steps", "10", "--set", "checkpoint.dyn_ckpt_window.stop=5"],
-            "kf-ckpt: error: checkpoint.dyn_ckpt_window.start is required in overrides",
+            ["--max-steps", "10", "--set", "checkpoint.dyn_ckpt_window.start=600"],
+            "kf-ckpt: error: checkpoint.dyn_ckpt_window.stop must be >= start (600), got 512 in "
+            "overrides",
         ),
         (
             ["--max-steps", "10", "--set", "checkpoint.intervall=5"],
