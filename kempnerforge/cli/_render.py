@@ -43,6 +43,7 @@ __all__ = [
     "plural",
     "reason_text",
     "render_table",
+    "rule_text",
     "skipped_document",
 ]
 
@@ -214,3 +215,16 @@ def human_bytes(n: int) -> str:
             return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1000
     raise AssertionError("unreachable")
+
+
+_RULE_TEXT = {
+    "model_group": "the 'model' group",
+    "outside_non_model_groups": "the rule for checkpoints without a 'model' group "
+    "(everything outside optimizer, lr_scheduler, dataloader, train_state, ...)",
+    "include_patterns": "--include",
+}
+
+
+def rule_text(rule: str) -> str:
+    """How ``show`` names the rule that chose a checkpoint's model part."""
+    return _RULE_TEXT.get(str(rule), str(rule))

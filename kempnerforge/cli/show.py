@@ -12,16 +12,9 @@ import json
 import click
 
 from kempnerforge.cli._options import selection_options
-from kempnerforge.cli._render import human_bytes, render_table
+from kempnerforge.cli._render import human_bytes, render_table, rule_text
 
 __all__ = ["show"]
-
-_RULES = {
-    "model_group": "the 'model' group",
-    "outside_non_model_groups": "the rule for checkpoints without a 'model' group "
-    "(everything outside optimizer, lr_scheduler, dataloader, train_state, ...)",
-    "include_patterns": "--include",
-}
 
 
 @click.command()
@@ -77,7 +70,7 @@ def show(
     )
     click.echo(
         f"model: {len(contents.tensors)} tensors, {human_bytes(contents.model_size_bytes)}, "
-        f"chosen by {_RULES[contents.rule]}{excluded}"
+        f"chosen by {rule_text(contents.rule)}{excluded}"
     )
     click.echo(
         "groups: "
