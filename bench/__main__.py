@@ -11,7 +11,7 @@ import importlib
 import sys
 import time
 
-MODULES = ["store", "cli", "manager", "export"]
+MODULES = ["store", "cli", "manager", "retention", "export"]
 
 
 def main(argv: list[str]) -> int:

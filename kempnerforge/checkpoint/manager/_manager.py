@@ -3,11 +3,14 @@
 A save writes ``<dir>/step_N/`` (or ``step_N/pp{k}/`` per pipeline stage): rank 0 first publishes
 ``train_state.pt`` and ``metadata.json``, all ranks fence on a gloo group, then DCP writes the
 model and optimizer shards and, last, its ``.metadata``, the one completeness marker. Only once
-that marker is durable does rank 0 move ``latest`` and run retention (``checkpoint.gc``; skipped
-for the round when ``kf-ckpt gc`` holds the lock). In the async modes the flush runs in
-the background: rank 0 moves ``latest`` from the flush thread as soon as the checkpoint is
-complete on disk (so a crash between two saves resumes from the newest durable one), and
-retention runs at the next ``save()``, ``wait()`` or ``flush_pending_save()``.
+that marker is durable does rank 0 move ``latest`` and run a retention round (skipped for the
+round when ``kf-ckpt gc`` holds the lock): it renames the victims into ``.kf-trash/`` before
+``save()`` returns, and a background thread of rank 0 removes their files
+(:mod:`kempnerforge.checkpoint.store.background`); no other rank waits for either. In the async
+modes the flush runs in the background: rank 0 moves ``latest`` from the flush thread as soon as
+the checkpoint is complete on disk (so a crash between two saves resumes from the newest durable
+one), and the retention round runs at the next ``save()``, ``wait()`` or
+``flush_pending_save()``.
 
 Example:
     >>> manager = CheckpointManager(config, model, optimizer)  # doctest: +SKIP
@@ -16,7 +19,7 @@ Example:
     ...     tokens_seen += train_step()
     ...     if config.should_save(step):
     ...         manager.save(step, tokens_seen, scheduler=scheduler)
-    >>> manager.close()  # finishes a background save
+    >>> manager.close()  # finishes a background save and the trash removal
 """
 
 from __future__ import annotations
@@ -46,7 +49,6 @@ from kempnerforge.checkpoint.manager._files import (
     point_latest,
     prepare_step_dir,
     resolve_resume_dir,
-    run_retention,
     saved_step,
     write_metadata,
 )
@@ -61,6 +63,7 @@ from kempnerforge.checkpoint.manager.train_state import (
     save_train_state,
     select_rank_state,
 )
+from kempnerforge.checkpoint.store.background import BackgroundRetention
 from kempnerforge.checkpoint.store.layout import TRAIN_STATE, step_dir_name
 from kempnerforge.checkpoint.store.metrics import checked_metrics
 from kempnerforge.config.checkpoint import AsyncCheckpointMode, CheckpointConfig
@@ -115,6 +118,8 @@ class CheckpointManager(PinsMixin):
         # step this manager pointed it at (never moved backwards by a late callback).
         self._latest_lock = threading.Lock()
         self._latest_step: int | None = None
+        # Retention runs on rank 0 only; its deletions on a thread of its own (no collectives).
+        self._retention = BackgroundRetention(self.root) if self.rank == 0 else None
         self._async: AsyncCheckpointer | None = None
         if config.async_mode is not AsyncCheckpointMode.disabled:
             self._async = AsyncCheckpointer(
@@ -209,12 +214,19 @@ class CheckpointManager(PinsMixin):
         self.flush_pending_save()
 
     def close(self) -> None:
-        """Finish a pending save and release the staging buffers; the last call of a run."""
+        """Finish a pending save and release the staging buffers; the last call of a run.
+
+        Rank 0 also waits for the background removal of the checkpoints retention deleted
+        (at most :data:`~kempnerforge.checkpoint.store.background.CLOSE_WAIT_S` seconds, then
+        it logs a warning and leaves the rest to the next run or ``kf-ckpt gc``).
+        """
         try:
             self.flush_pending_save()
         finally:
             if self._async is not None:
                 self._async.close()
+            if self._retention is not None:
+                self._retention.close()
 
     def load(
         self,
@@ -346,9 +358,11 @@ class CheckpointManager(PinsMixin):
 
         Dynamic milestones and the ``latest`` target are kept and milestones do not use up
         ``keep_last_n`` (see :mod:`kempnerforge.checkpoint.store.retention`). Skipped for this
-        round, never waited for, when ``kf-ckpt gc`` holds the lock.
+        round, never waited for, when ``kf-ckpt gc`` holds the lock. The victims are out of the
+        root when this returns; their files are removed by a background thread.
         """
-        run_retention(self.root, self.config)
+        if self._retention is not None:
+            self._retention.run_round(self.config)
 
     def _advance_latest_early(self, step: int, future: Future[Any]) -> None:
         """Flush-thread callback on rank 0: point ``latest`` at ``step`` once it is complete.

@@ -297,6 +297,7 @@ def _fields(entry: Any, configs: list[Any]) -> dict[str, Any]:
         "scan_error": None,
         "metrics": metrics,
         "pin": None if pin is None else _pin(pin),
+        "size_known": True,
     }
 
 

@@ -29,6 +29,7 @@ from kempnerforge.checkpoint.store.layout import (
     METADATA_JSON,
     PIN_NAME,
     Completeness,
+    MetadataRead,
     assess_complete,
     parse_pp_stage,
     pp_stages_of,
@@ -186,10 +187,14 @@ def _is_file(dir_fd: int, mode: int) -> bool:
         return False
 
 
-def checkpoint_fields(root_fd: int, name: str, step: int, walk: StepWalk) -> dict[str, Any]:
+def checkpoint_fields(
+    root_fd: int, name: str, step: int, walk: StepWalk, *, meta: MetadataRead | None = None
+) -> dict[str, Any]:
     """The ``CheckpointInfo`` fields (all but step, path and is_latest) of step directory
-    ``name`` of the root open as ``root_fd``: what ``walk`` found, plus its metadata.json."""
-    meta = read_metadata_json(name, dir_fd=root_fd)
+    ``name`` of the root open as ``root_fd``: what ``walk`` found, plus its metadata.json
+    (read here unless the caller already read it as ``meta``)."""
+    if meta is None:
+        meta = read_metadata_json(name, dir_fd=root_fd)
     data = meta.data or {}
     warnings = [*walk.warnings, *([meta.warning] if meta.warning else [])]
     unreadable = [f"pp{k}/" for k, ok in sorted(walk.stages.items()) if ok is None]
@@ -221,6 +226,7 @@ def checkpoint_fields(root_fd: int, name: str, step: int, walk: StepWalk) -> dic
         "mtime_s": walk.mtime_s,
         "warnings": tuple(warnings + _step_mismatch(data, step)),
         "scan_error": scan_error,
+        "size_known": True,
     }
 
 

@@ -69,6 +69,10 @@ class CheckpointInfo:
     """The ``"metrics"`` recorded in its metadata.json (name -> number; None: not finite)."""
     pin: Pin | None = None
     """Its pin (:mod:`kempnerforge.checkpoint.store.pins`), None when it is not pinned."""
+    size_known: bool = True
+    """False when a light scan (the manager's retention round) did not walk this complete
+    checkpoint: ``size_bytes`` and ``file_count`` are then 0 and ``mtime_s`` is the directory's
+    own mtime (see :mod:`kempnerforge.checkpoint.store._light_scan`)."""
 
     @property
     def pinned(self) -> bool:

@@ -17,6 +17,10 @@ Deleting one victim:
 
 A run killed at any point leaves every ``step_<N>`` in the root either untouched or gone, and
 the next run first finishes whatever is left in the trash.
+
+:func:`kempnerforge.checkpoint.store.background.retire_victims`, the training process's round
+(the manager's, after each save), plans from a light scan and stops after step 2
+(``defer_removal``), leaving step 3 to a background thread.
 """
 
 from __future__ import annotations
@@ -52,9 +56,11 @@ __all__ = [
     "ApplyResult",
     "GcResult",
     "NotDeleted",
+    "apply_locked",
     "apply_plan",
     "collect_garbage",
     "hold_lock",
+    "relied_upon",
 ]
 
 
@@ -83,6 +89,9 @@ class ApplyResult:
     bytes_freed: int = 0
     trash_cleared: int = 0
     """Entries left in the trash by an interrupted run that this run removed."""
+    in_trash: tuple[Decision, ...] = ()
+    """Victims renamed into the trash whose files are left for a background emptier
+    (:mod:`kempnerforge.checkpoint.store.background`): gone from the root, bytes not freed yet."""
     warnings: tuple[str, ...] = ()
 
     @property
@@ -137,7 +146,7 @@ def collect_garbage(
         if catalog.cache_hits and plan.to_delete and not _still_complete(plan):
             catalog = scan(path, use_cache=False)  # the cache was wrong: trust only a full walk
             plan = plan_retention(catalog, config)
-        applied = _apply_locked(plan)
+        applied = apply_locked(plan)
     return GcResult(catalog=catalog, plan=plan, applied=applied)
 
 
@@ -147,12 +156,18 @@ def _still_complete(plan: RetentionPlan) -> bool:
     The scan may have taken them from its cache; before anything is deleted on their account
     (the newest complete one and the ``keep_last_n`` window), their markers are checked on disk.
     """
+    return all(
+        check_complete(d.path, pp_stages=recorded_pp_stages(d.path)).complete
+        for d in relied_upon(plan)
+    )
+
+
+def relied_upon(plan: RetentionPlan) -> list[Decision]:
+    """The complete checkpoints whose presence lets ``plan`` delete others: the newest complete
+    one and the ``keep_last_n`` window."""
     relied = [d for d in plan.to_keep if d.reason is Reason.within_keep_last_n]
     newest = next((d for d in reversed(plan.decisions) if d.complete), None)
-    relied += [newest] if newest is not None else []
-    return all(
-        check_complete(d.path, pp_stages=recorded_pp_stages(d.path)).complete for d in relied
-    )
+    return relied + ([newest] if newest is not None else [])
 
 
 def apply_plan(plan: RetentionPlan, *, wait_lock_s: float = 0.0) -> ApplyResult:
@@ -175,7 +190,7 @@ def apply_plan(plan: RetentionPlan, *, wait_lock_s: float = 0.0) -> ApplyResult:
     """
     root = check_root(plan.root)
     with hold_lock(root, wait_lock_s=wait_lock_s):
-        return _apply_locked(plan)
+        return apply_locked(plan)
 
 
 @dataclass(kw_only=True)
@@ -186,7 +201,12 @@ class _Progress:
     skipped: list[NotDeleted]
 
 
-def _apply_locked(plan: RetentionPlan) -> ApplyResult:
+def apply_locked(plan: RetentionPlan, *, defer_removal: bool = False) -> ApplyResult:
+    """:func:`apply_plan` for a caller that already holds the root's lock.
+
+    With ``defer_removal``, stop once the victims are renamed into the trash (durably) and
+    report them as :attr:`ApplyResult.in_trash`; leftovers of earlier runs stay there too.
+    """
     root = plan.root
     victims = plan.to_delete
     progress = _Progress(deleted=[], vanished=[], failed=[], skipped=[])
@@ -199,11 +219,12 @@ def _apply_locked(plan: RetentionPlan) -> ApplyResult:
         if trash_fd is None:
             return ApplyResult()
         try:
-            cleared, warnings = clear_trash(trash_fd)
+            cleared, warnings = (0, []) if defer_removal else clear_trash(trash_fd)
             moved = _move_to_trash(root_fd, trash_fd, root, victims, progress)
             if moved:
                 warnings += _sync(root_fd, trash_fd)  # renames durable before any file goes
-            for decision, trash_name in moved:
+            in_trash = tuple(decision for decision, _ in moved) if defer_removal else ()
+            for decision, trash_name in [] if defer_removal else moved:
                 try:
                     remove_tree(trash_fd, trash_name, is_dir=True)  # re-checked: a directory
                     progress.deleted.append(decision)
@@ -223,6 +244,7 @@ def _apply_locked(plan: RetentionPlan) -> ApplyResult:
         skipped=tuple(progress.skipped),
         bytes_freed=sum(d.size_bytes for d in progress.deleted),
         trash_cleared=cleared,
+        in_trash=in_trash,
         warnings=tuple(warnings),
     )
 

@@ -1,0 +1,185 @@
+"""The light scan of a checkpoint root: what a retention decision needs, O(checkpoints) calls.
+
+:func:`~kempnerforge.checkpoint.store.catalog.scan` walks every file of a checkpoint its cache
+does not cover (always the one just written), for sizes. On a parallel file system each of those
+``lstat`` calls is a round trip to a metadata server, and a many-rank checkpoint has tens of
+thousands of files: far too slow for the training thread, which runs a retention round after
+every save. Retention needs much less: the step, complete or not, the milestone flag recorded in
+metadata.json, the pin, ``latest``, and, for an incomplete directory only, how recently it was
+written.
+
+:func:`scan_light` learns that with a fixed number of calls per checkpoint: the scan cache's
+stamps when the cache covers it (then sizes are known too), else one read of metadata.json, one
+``lstat`` of the completeness marker (one per recorded pipeline stage) and one attempt to open
+the pin file. Only an incomplete
+directory, which is rare, or a pipeline checkpoint whose stage count was not recorded is walked
+in full, as ``scan`` walks it. The shard files of a complete checkpoint are never listed, so its
+size stays unknown (:attr:`CheckpointInfo.size_known` is False, ``size_bytes`` 0) until a full
+scan (``kf-ckpt ls`` or ``gc``) records it in the cache.
+
+The light scan neither writes the scan cache nor lists the root's other entries: the catalog it
+returns has no skipped entries and no trash count. Nothing is followed through a symlink.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from typing import Any
+
+from kempnerforge.checkpoint.store._scan_cache import ScanCache
+from kempnerforge.checkpoint.store._walk import StepWalk, checkpoint_fields, walk_step_dir
+from kempnerforge.checkpoint.store.catalog import (
+    Catalog,
+    CheckpointInfo,
+    _checkpoint_info,
+    check_root,
+)
+from kempnerforge.checkpoint.store.files import read_latest
+from kempnerforge.checkpoint.store.layout import (
+    DCP_METADATA,
+    assess_complete,
+    parse_step,
+    pp_stages_of,
+    read_metadata_json,
+)
+from kempnerforge.errors import CheckpointRootError
+
+__all__ = ["probe_complete", "scan_light"]
+
+
+def scan_light(root: str | os.PathLike[str], *, use_cache: bool = True) -> Catalog:
+    """List the checkpoints under ``root`` with what retention needs, without walking them.
+
+    The result plans exactly as a full scan's does (:func:`plan_retention` reads step,
+    completeness, the milestone flag, ``latest`` and the newest mtime of incomplete
+    directories); only sizes may be unknown.
+
+    Raises:
+        CheckpointRootError: ``root`` is missing, not a directory, or cannot be read.
+
+    Example:
+        >>> catalog = scan_light("runs/a/checkpoints")  # doctest: +SKIP
+        >>> [(c.step, c.complete, c.size_known) for c in catalog.checkpoints]  # doctest: +SKIP
+        [(500, True, True), (1000, True, False)]
+    """
+    path = check_root(root)
+    scanned_at_s = time.time()
+    latest = read_latest(path)
+    checkpoints: list[CheckpointInfo] = []
+    try:
+        root_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        with os.scandir(root_fd) as it:
+            entries = [e for e in it if parse_step(e.name) is not None]
+    except OSError as exc:
+        raise CheckpointRootError(f"cannot read checkpoint root {path}: {exc.strerror}") from exc
+    try:
+        cache = ScanCache(root_fd, enabled=use_cache)  # read only: a light scan never saves it
+        for entry in entries:
+            step = parse_step(entry.name)
+            if step is None or not entry.is_dir(follow_symlinks=False):
+                continue
+            fields = cache.lookup(entry) or _probed(root_fd, entry.name, step)
+            if fields is None:
+                continue  # removed meanwhile (a concurrent gc)
+            fields["step"], fields["path"] = step, path / entry.name
+            fields["is_latest"] = step == latest.step
+            checkpoints.append(_checkpoint_info(fields))
+    finally:
+        os.close(root_fd)
+    checkpoints.sort(key=lambda c: c.step)
+    return Catalog(
+        root=path,
+        checkpoints=tuple(checkpoints),
+        skipped=(),
+        latest=latest,
+        warnings=(latest.warning,) if latest.warning else (),
+        scanned_at_s=scanned_at_s,
+        cache_hits=cache.hits,
+    )
+
+
+def probe_complete(root_fd: int, name: str) -> bool:
+    """Is step directory ``name`` of the root open as ``root_fd`` complete? A few calls, no walk.
+
+    The same verdict as :func:`~kempnerforge.checkpoint.store.layout.check_complete` for the
+    checkpoints the manager writes (the stage count is recorded in metadata.json); a pipeline
+    checkpoint without a recorded count is listed (names only) to find its stages.
+    """
+    meta = read_metadata_json(name, dir_fd=root_fd)
+    stages = _recorded_stages(root_fd, name, pp_stages_of(meta.data))
+    if stages is None:
+        walk = walk_step_dir(root_fd, name)
+        return not walk.vanished and checkpoint_fields(root_fd, name, 0, walk)["complete"]
+    has_marker, found = stages
+    return assess_complete(
+        has_dcp_metadata=has_marker, stages=found, pp_stages=pp_stages_of(meta.data)
+    ).complete
+
+
+def _probed(root_fd: int, name: str, step: int) -> dict[str, Any] | None:
+    """The fields of step directory ``name`` from a probe; a full walk when it is not complete."""
+    try:
+        own = os.lstat(name, dir_fd=root_fd)
+    except FileNotFoundError:
+        return None
+    meta = read_metadata_json(name, dir_fd=root_fd)
+    pp_stages = pp_stages_of(meta.data)
+    stages = _recorded_stages(root_fd, name, pp_stages)
+    if stages is not None:
+        has_marker, found = stages
+        verdict = assess_complete(has_dcp_metadata=has_marker, stages=found, pp_stages=pp_stages)
+        if verdict.complete:
+            probe = StepWalk(
+                mtime_s=own.st_mtime,
+                has_dcp_metadata=has_marker,
+                stages=dict(found),
+                has_pin=True,  # not listed: checkpoint_fields tries to open the pin file
+            )
+            fields = checkpoint_fields(root_fd, name, step, probe, meta=meta)
+            fields["size_known"] = False
+            return fields
+    # Incomplete (the grace rule needs its newest mtime) or stages not recorded: walk it.
+    walk = walk_step_dir(root_fd, name)
+    if walk.vanished:
+        return None
+    return checkpoint_fields(root_fd, name, step, walk, meta=meta)
+
+
+def _recorded_stages(
+    root_fd: int, name: str, pp_stages: int | None
+) -> tuple[bool, dict[int, bool]] | None:
+    """(step directory holds the marker, {stage: holds the marker}) from direct probes.
+
+    None when only a listing can tell: no marker in the step directory and no recorded stage
+    count (an incomplete save, or a pipeline checkpoint written by another tool).
+    """
+    if pp_stages:
+        found = {}
+        for k in range(pp_stages):
+            stage = f"{name}/pp{k}"
+            found[k] = _is_real_dir(root_fd, stage) and _has_marker(root_fd, stage)
+        return False, found
+    if _has_marker(root_fd, name):
+        return True, {}
+    return None
+
+
+def _is_real_dir(root_fd: int, rel: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(rel, dir_fd=root_fd).st_mode)
+    except OSError:
+        return False
+
+
+def _has_marker(root_fd: int, rel_dir: str) -> bool:
+    """``rel_dir`` holds DCP's ``.metadata``: a regular file, or a symlink to one (as the walk)."""
+    marker = f"{rel_dir}/{DCP_METADATA}"
+    try:
+        mode = os.lstat(marker, dir_fd=root_fd).st_mode
+        if stat.S_ISLNK(mode):
+            mode = os.stat(marker, dir_fd=root_fd).st_mode
+    except OSError:
+        return False
+    return stat.S_ISREG(mode)
