@@ -5,9 +5,9 @@ many-rank run means tens of thousands of ``unlink`` calls, each a round trip to 
 server of a parallel file system: seconds to minutes that every rank would wait for at its next
 collective. So the work is split in two:
 
-* **On the training thread** (:func:`retire_victims`, called by :meth:`BackgroundRetention.run_round`
-  before ``save()`` or ``wait()`` returns): under the root's lock, a light scan (a fixed number of
-  calls per checkpoint, no walk of shard files; see
+* **On the training thread** (:func:`retire_victims`, through
+  :meth:`BackgroundRetention.run_round`, before ``save()`` or ``wait()`` returns): under the
+  root's lock, a light scan (a fixed number of calls per checkpoint, no walk of shard files; see
   :mod:`~kempnerforge.checkpoint.store._light_scan`), the plan, and one atomic rename per victim
   into ``.kf-trash/``. From then on the victim is out of the ``step_<N>`` namespace: no loader,
   ``ls`` or resume can see it.
@@ -164,9 +164,12 @@ class BackgroundRetention:
             )
             return False
         self._report_problems("while emptying the trash; the next run or 'kf-ckpt gc' retries")
-        with contextlib.suppress(KempnerForgeError), hold_lock(self.root, wait_lock_s=0.0):
-            with contextlib.suppress(OSError):  # not empty (a failure above), or gone
-                os.rmdir(self.root / TRASH_NAME)
+        # Under the lock: a gc may be about to rename a victim into it. Busy: leave it there.
+        with (
+            contextlib.suppress(KempnerForgeError, OSError),  # busy, not empty, or gone
+            hold_lock(self.root, wait_lock_s=0.0),
+        ):
+            os.rmdir(self.root / TRASH_NAME)
         return True
 
     def _start_emptying(self) -> None:
@@ -187,9 +190,7 @@ class BackgroundRetention:
                 logger.exception("emptying %s failed", self.root / TRASH_NAME)
                 problems = [f"{type(exc).__name__}: {exc}"]
             if problems:
-                logger.error(
-                    "could not empty %s: %s", self.root / TRASH_NAME, "; ".join(problems)
-                )
+                logger.error("could not empty %s: %s", self.root / TRASH_NAME, "; ".join(problems))
             with self._mutex:
                 self._problems.extend(problems)
                 if not self._again:
