@@ -39,12 +39,16 @@ _EMPTY_TIMEOUT_S = 120.0
 
 
 def _add_extra_files(step_dir: Path) -> None:
-    """Stand-ins for the shards of a many-rank checkpoint: empty files, as DCP names them."""
+    """Stand-ins for the shards of a many-rank checkpoint, named as DCP names them.
+
+    Hard links to one empty file: creating 200,000 inodes takes minutes on a busy disk, and
+    each entry costs a walk one ``lstat`` and a removal one ``unlink`` all the same.
+    """
     fd = os.open(step_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-        for i in range(EXTRA_FILES):
-            os.close(os.open(f"__{i}_0.extra", flags, 0o644, dir_fd=fd))
+        os.close(os.open("__0_1.distcp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=fd))
+        for i in range(1, EXTRA_FILES):
+            os.link("__0_1.distcp", f"__{i}_1.distcp", src_dir_fd=fd, dst_dir_fd=fd)
     finally:
         os.close(fd)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+from pathlib import Path
 from typing import Any
 
 from kempnerforge.checkpoint.store._scan_cache import ScanCache
@@ -49,7 +50,7 @@ from kempnerforge.errors import CheckpointRootError
 __all__ = ["probe_complete", "scan_light"]
 
 
-def scan_light(root: str | os.PathLike[str], *, use_cache: bool = True) -> Catalog:
+def scan_light(root: str | Path, *, use_cache: bool = True) -> Catalog:
     """List the checkpoints under ``root`` with what retention needs, without walking them.
 
     The result plans exactly as a full scan's does (:func:`plan_retention` reads step,
