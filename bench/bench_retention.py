@@ -2,7 +2,7 @@
 
 A many-rank checkpoint holds tens of thousands of shard files, and on a parallel file system
 every ``stat`` and ``unlink`` is a round trip to a metadata server. Here a small model stands in
-for the tensors and 20,000 empty files added to each checkpoint (after its save, untimed) stand
+for the tensors and 20,000 entries added to each checkpoint (after its save, untimed) stand
 in for the shards of a 2,000-rank run. Two managers in sync mode take turns, six saves each:
 
 * ``retention_block``: the median time ``save()`` + ``wait()`` blocks the caller with

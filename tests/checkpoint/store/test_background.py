@@ -22,7 +22,7 @@ from kempnerforge.checkpoint.store.files import update_latest
 from kempnerforge.checkpoint.store.layout import TRASH_NAME, list_step_dirs
 from kempnerforge.checkpoint.store.retention import RetentionPlan, plan_retention
 from kempnerforge.config.checkpoint import CheckpointConfig
-from tests.checkpoint._trees import make_checkpoint, make_root
+from tests.checkpoint._trees import add_entries, make_checkpoint, make_root
 
 OLD_S = 1_600_000_000.0  # an mtime far outside retention's in-flight grace period
 EMPTIER = "kf-ckpt trash emptier"
@@ -59,19 +59,6 @@ def _steps(root: Path) -> list[int]:
 
 def _emptiers() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith(EMPTIER)]
-
-
-def add_files(step_dir: Path, count: int) -> None:
-    """``count`` more entries in ``step_dir``: hard links to one empty file (creating inodes is
-    slow on a busy disk; each entry costs a walk an ``lstat`` and a removal an ``unlink`` all
-    the same)."""
-    fd = os.open(step_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.close(os.open("__0_1.distcp", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
-        for i in range(1, count):
-            os.link("__0_1.distcp", f"__{i}_1.distcp", src_dir_fd=fd, dst_dir_fd=fd)
-    finally:
-        os.close(fd)
 
 
 def test_light_scan_plans_exactly_as_the_full_scan(tmp_path: Path) -> None:
@@ -143,7 +130,7 @@ def test_one_emptier_thread_empties_the_trash_and_close_waits_for_it(
 ) -> None:
     make_root(tmp_path, range(1, 4), latest=3, mtime_s=OLD_S)
     for step in (1, 2):
-        add_files(tmp_path / f"step_{step}", 2000)
+        add_entries(tmp_path / f"step_{step}", 2000)
     retention = BackgroundRetention(tmp_path)
     config = CheckpointConfig(keep_last_n=1)
 
@@ -213,7 +200,7 @@ def test_a_gc_emptying_the_same_trash_meanwhile_is_harmless(
 ) -> None:
     make_root(tmp_path, range(1, 5), latest=4, mtime_s=OLD_S)
     for step in (1, 2, 3):
-        add_files(tmp_path / f"step_{step}", 3000)
+        add_entries(tmp_path / f"step_{step}", 3000)
     retention = BackgroundRetention(tmp_path)
 
     with caplog.at_level(logging.INFO, logger="kempnerforge.checkpoint"):
