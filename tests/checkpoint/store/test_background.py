@@ -20,6 +20,7 @@ from kempnerforge.checkpoint.store.catalog import scan
 from kempnerforge.checkpoint.store.collect import collect_garbage
 from kempnerforge.checkpoint.store.files import update_latest
 from kempnerforge.checkpoint.store.layout import TRASH_NAME, list_step_dirs
+from kempnerforge.checkpoint.store.pins import pin_checkpoint
 from kempnerforge.checkpoint.store.retention import RetentionPlan, plan_retention
 from kempnerforge.config.checkpoint import CheckpointConfig
 from tests.checkpoint._trees import add_entries, make_checkpoint, make_root
@@ -63,6 +64,7 @@ def _emptiers() -> list[threading.Thread]:
 
 def test_light_scan_plans_exactly_as_the_full_scan(tmp_path: Path) -> None:
     make_checkpoint(tmp_path, 100, mtime_s=OLD_S)
+    make_checkpoint(tmp_path, 150, mtime_s=OLD_S)
     make_checkpoint(tmp_path, 200, milestone=True, mtime_s=OLD_S)
     make_checkpoint(tmp_path, 300, complete=False, mtime_s=OLD_S)  # abandoned
     make_checkpoint(tmp_path, 400, pp_stages=2, mtime_s=OLD_S)
@@ -72,6 +74,7 @@ def test_light_scan_plans_exactly_as_the_full_scan(tmp_path: Path) -> None:
     make_checkpoint(tmp_path, 700, complete=False, mtime_s=OLD_S)  # newer than the newest
     (tmp_path / "step_800").symlink_to("step_600")  # never a checkpoint
     update_latest(tmp_path, 400)
+    pin_checkpoint(tmp_path, 150, note="best eval loss")
     config = CheckpointConfig(keep_last_n=1)
 
     light, full = scan_light(tmp_path), scan(tmp_path, use_cache=False)
@@ -79,6 +82,7 @@ def test_light_scan_plans_exactly_as_the_full_scan(tmp_path: Path) -> None:
     assert _view(plan_retention(light, config)) == _view(plan_retention(full, config))
     assert _view(plan_retention(light, config)) == [
         (100, "delete", "beyond_keep_last_n"),
+        (150, "keep", "pinned"),
         (200, "keep", "milestone"),
         (300, "delete", "abandoned_incomplete"),
         (400, "keep", "latest"),
@@ -89,7 +93,8 @@ def test_light_scan_plans_exactly_as_the_full_scan(tmp_path: Path) -> None:
     ]
     # Complete checkpoints are probed, not walked: no size; incomplete ones are walked.
     unsized = [c.step for c in light.checkpoints if not c.size_known]
-    assert unsized == [100, 200, 400, 600]
+    assert unsized == [100, 150, 200, 400, 600]
+    assert light.get(150).pin == full.get(150).pin  # type: ignore[union-attr]
     assert all(light.get(s).size_bytes == 0 for s in unsized)  # type: ignore[union-attr]
     assert light.get(300).size_bytes == full.get(300).size_bytes > 0  # type: ignore[union-attr]
 
