@@ -197,6 +197,7 @@ def config_document(selection: ConfigSelection) -> dict[str, Any]:
         "source": selection.source,
         "path": None if path is None else str(path),
         "checkpoint": config_to_dict(selection.config),
+        "has_policy": selection.has_policy,
     }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -17,6 +18,7 @@ from kempnerforge.checkpoint.store.collect import (
     NotDeleted,
     collect_garbage,
 )
+from kempnerforge.checkpoint.store.policy import likely_milestones
 from kempnerforge.checkpoint.store.retention import Reason
 from kempnerforge.checkpoint.store.selection import ConfigSelection, select_root
 from kempnerforge.cli._options import config_options
@@ -32,7 +34,7 @@ from kempnerforge.cli._render import (
     render_table,
     skipped_document,
 )
-from kempnerforge.errors import RetentionError
+from kempnerforge.errors import ConfigError, RetentionError
 
 __all__ = ["gc", "gc_document", "gc_failure", "gc_table"]
 
@@ -76,10 +78,16 @@ def gc(
     anything that is not a step_<N> directory in DIR. Scan, plan and deletion happen under
     DIR's lock, the one training takes.
 
-    DIR defaults to checkpoint.dir of the config: the job file (--config), else the config
-    recorded in the newest checkpoint, else the defaults; --set overrides apply on top and
-    --keep-last-n wins over both. Exit codes: 0 done (also nothing to do), 1 a deletion failed
-    (each directory and reason on stderr), 2 usage or config error, 75 lock still busy after
+    DIR defaults to checkpoint.dir of the config: the job file (--config), else the policy
+    recorded in DIR by 'kf-ckpt mark', else the config recorded in the newest checkpoint that
+    has one, else the defaults; --set overrides apply on top and --keep-last-n wins over both.
+    No known policy, no deletion: when none of these gives one (a root of upstream KempnerForge
+    or another tool, used without a job file), gc deletes nothing and exits 2. When the config
+    has no window but the checkpoints to delete look like a power-2 window's milestones, gc
+    names them on stderr first.
+
+    Exit codes: 0 done (also nothing to do), 1 a deletion failed (each directory and reason on
+    stderr), 2 usage or config error, or no retention policy, 75 lock still busy after
     --wait-lock (nothing deleted; retry later).
 
     Example: kf-ckpt gc runs/llama/checkpoints -c job.toml --wait-lock 60
@@ -87,11 +95,24 @@ def gc(
     root, selection = select_root(directory, config_path, overrides)
     if keep_last_n is not None:
         config = dataclasses.replace(selection.config, keep_last_n=keep_last_n)
-        selection = dataclasses.replace(selection, config=config)
+        selection = dataclasses.replace(selection, config=config, has_policy=True)
+    if not selection.has_policy:
+        raise ConfigError(no_policy_message(root))
+    # Without a window, deleting what looks like an unmarked window's milestones gets a
+    # warning, given before anything is deleted (from a plan made first).
+    unmarked = selection.config.dyn_ckpt_window is None
+    likely: tuple[int, ...] = ()
+    if unmarked and not dry_run:
+        preview = collect_garbage(root, selection.config, dry_run=True)
+        likely = likely_milestones(d.step for d in preview.plan.to_delete)
+        echo_warnings([milestone_warning(root, likely)] if likely else [])
     result = collect_garbage(root, selection.config, wait_lock_s=wait_lock, dry_run=dry_run)
+    if unmarked and dry_run:
+        likely = likely_milestones(d.step for d in result.plan.to_delete)
+        echo_warnings([milestone_warning(root, likely)] if likely else [])
     echo_warnings(gc_warnings(result))
     if as_json:
-        echo_json(gc_document(result, selection))
+        echo_json(gc_document(result, selection, likely_milestones=likely))
     else:
         click.echo(gc_table(result))
     failure = gc_failure(result)
@@ -175,7 +196,31 @@ def gc_warnings(result: GcResult) -> list[str]:
     return [*catalog_warnings(result.catalog), *applied]
 
 
-def gc_document(result: GcResult, selection: ConfigSelection) -> dict[str, Any]:
+def no_policy_message(root: Path) -> str:
+    """Why gc refuses a root without a known retention policy, and the ways to give one."""
+    return (
+        f"no retention policy for {root}: no job file was given, and neither the root nor its "
+        f"checkpoints record a config; nothing was deleted. Give one with -c JOB.toml (the "
+        f"run's job file) or --keep-last-n N, or record it once with "
+        f"'kf-ckpt mark {root} -c JOB.toml'"
+    )
+
+
+def milestone_warning(root: Path, steps: tuple[int, ...]) -> str:
+    """The warning about deleting what looks like an unmarked window's milestones."""
+    return (
+        f"steps {', '.join(map(str, steps))} look like the milestones of a dynamic checkpoint "
+        f"window, but the config has no window and gc deletes them; if they are, pass the run's "
+        f"job file with -c JOB.toml, or record it with 'kf-ckpt mark {root} -c JOB.toml'"
+    )
+
+
+def gc_document(
+    result: GcResult,
+    selection: ConfigSelection,
+    *,
+    likely_milestones: tuple[int, ...] = (),
+) -> dict[str, Any]:
     """The ``kf-ckpt gc --json`` document (schema in docs/reference/json.rst)."""
     plan, applied = result.plan, result.applied
     outcomes = _outcomes(result)
@@ -206,7 +251,11 @@ def gc_document(result: GcResult, selection: ConfigSelection) -> dict[str, Any]:
         "bytes_freed": 0 if applied is None else applied.bytes_freed,
         "trash_cleared": 0 if applied is None else applied.trash_cleared,
         "skipped_entries": skipped_document(result.catalog),
-        "warnings": gc_warnings(result),
+        "warnings": [
+            *([milestone_warning(plan.root, likely_milestones)] if likely_milestones else []),
+            *gc_warnings(result),
+        ],
+        "likely_milestones": list(likely_milestones),
     }
 
 

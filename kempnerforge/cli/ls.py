@@ -108,7 +108,7 @@ def ls(
     """
     with gc_paused():
         catalog, selection = scan_root(directory, config_path, overrides)
-        plan = plan_retention(catalog, selection.config)
+        plan = plan_retention(catalog, selection.config if selection.has_policy else None)
         echo_warnings(catalog_warnings(catalog))
         view = LsView(metrics=metrics, sort=sort_key, filters=filters)
         if as_json:

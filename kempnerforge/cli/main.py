@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "plan": ("kempnerforge.cli.plan", "plan", "Preview a run's saves, milestones and disk use."),
     "pin": ("kempnerforge.cli.pin", "pin", "Keep a checkpoint whatever retention says."),
     "unpin": ("kempnerforge.cli.pin", "unpin", "Remove a checkpoint's pin."),
+    "mark": ("kempnerforge.cli.mark", "mark", "Record an existing root's milestones and policy."),
     "show": ("kempnerforge.cli.show", "show", "List a checkpoint's tensors from its metadata."),
     "export": ("kempnerforge.cli.export", "export", "Export model weights as safetensors."),
 }

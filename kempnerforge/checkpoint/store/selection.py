@@ -1,8 +1,9 @@
 """Which :class:`CheckpointConfig` a command runs with (torch-free).
 
-Order, as in the CLI contract: an explicit job file; else the config recorded in the newest
-checkpoint's ``metadata.json``; else the defaults. ``--set`` overrides apply on top, and dedicated
-flags (applied by the caller) win over everything.
+Order, as in the CLI contract: an explicit job file; else the policy recorded in the root by
+``kf-ckpt mark`` (:mod:`kempnerforge.checkpoint.store.policy`); else the config recorded in the
+newest checkpoint's ``metadata.json`` that has one; else the defaults. ``--set`` overrides apply
+on top, and dedicated flags (applied by the caller) win over everything.
 
 A command that scans the root anyway (``kf-ckpt ls``) passes its catalog: the scan has already
 read every ``metadata.json``, so the recorded config is taken from it instead of reading the root
@@ -27,6 +28,7 @@ from kempnerforge.checkpoint.store.layout import (
     read_metadata_json,
     recorded_pp_stages,
 )
+from kempnerforge.checkpoint.store.policy import read_policy
 from kempnerforge.config.checkpoint import CheckpointConfig
 from kempnerforge.config.loader import config_from_dict, load_config
 from kempnerforge.errors import CheckpointRootError, ConfigError
@@ -50,11 +52,15 @@ __all__ = [
 
 @dataclass(frozen=True, kw_only=True)
 class ConfigSelection:
-    """The config a command uses and where it came from (``file``, ``recorded``, ``defaults``)."""
+    """The config a command uses and where it came from (``file``, ``policy``, ``recorded``,
+    ``defaults``)."""
 
     config: CheckpointConfig
     source: str
     source_path: Path | None = None
+    has_policy: bool = True
+    """A retention policy is known: from a job file, the root's recorded policy, a recorded
+    config, or a ``keep_last_n`` given explicitly. Without one, retention deletes nothing."""
 
 
 def recorded_config(root: Path) -> tuple[CheckpointConfig, Path] | None:
@@ -118,6 +124,12 @@ def select_config(
         return ConfigSelection(
             config=load_config(config_path, overrides), source="file", source_path=Path(config_path)
         )
+    policy = read_policy(root) if root is not None else None
+    if policy is not None:
+        config, path = policy
+        return ConfigSelection(
+            config=load_config(None, overrides, base=config), source="policy", source_path=path
+        )
     if catalog is not None:
         found = recorded_config_of(catalog)
     else:
@@ -127,7 +139,16 @@ def select_config(
         return ConfigSelection(
             config=load_config(None, overrides, base=config), source="recorded", source_path=path
         )
-    return ConfigSelection(config=load_config(None, overrides), source="defaults")
+    return ConfigSelection(
+        config=load_config(None, overrides),
+        source="defaults",
+        has_policy=any(_sets_keep_last_n(override) for override in overrides),
+    )
+
+
+def _sets_keep_last_n(override: str) -> bool:
+    key = override.partition("=")[0].strip()
+    return key.removeprefix("checkpoint.") == "keep_last_n"
 
 
 def select_root(
