@@ -94,19 +94,20 @@ def gc(
     """
     root, selection = select_root(directory, config_path, overrides)
     if keep_last_n is not None:
-        config = dataclasses.replace(selection.config, keep_last_n=keep_last_n)
-        selection = dataclasses.replace(selection, config=config, has_policy=True)
-    if not selection.has_policy:
-        raise ConfigError(no_policy_message(root))
+        given = dataclasses.replace(selection.config, keep_last_n=keep_last_n)
+        selection = dataclasses.replace(selection, config=given, has_policy=True)
+    config = selection.config if selection.has_policy else None
+    if config is None and collect_garbage(root, None, dry_run=True).catalog.checkpoints:
+        raise ConfigError(no_policy_message(root))  # an empty root has nothing to protect
     # Without a window, deleting what looks like an unmarked window's milestones gets a
     # warning, given before anything is deleted (from a plan made first).
-    unmarked = selection.config.dyn_ckpt_window is None
+    unmarked = config is not None and config.dyn_ckpt_window is None
     likely: tuple[int, ...] = ()
     if unmarked and not dry_run:
-        preview = collect_garbage(root, selection.config, dry_run=True)
+        preview = collect_garbage(root, config, dry_run=True)
         likely = likely_milestones(d.step for d in preview.plan.to_delete)
         echo_warnings([milestone_warning(root, likely)] if likely else [])
-    result = collect_garbage(root, selection.config, wait_lock_s=wait_lock, dry_run=dry_run)
+    result = collect_garbage(root, config, wait_lock_s=wait_lock, dry_run=dry_run)
     if unmarked and dry_run:
         likely = likely_milestones(d.step for d in result.plan.to_delete)
         echo_warnings([milestone_warning(root, likely)] if likely else [])

@@ -87,8 +87,9 @@ def plan(
     The run saves at the steps 1..N where the config's interval and dynamic window say so, and
     retention is replayed after each save with the rules that training and 'kf-ckpt gc' apply.
     The peak counts the save being written (in async mode, in flight) next to the kept ones.
-    The config is the job file (--config), else the one recorded in the newest checkpoint under
-    checkpoint.dir, else the defaults; --set overrides apply on top.
+    The config is the job file (--config), else the policy recorded by 'kf-ckpt mark' in
+    checkpoint.dir, else the one recorded in the newest checkpoint there, else the defaults;
+    --set overrides apply on top.
 
     Example: kf-ckpt plan -c job.toml --max-steps 100000 --ckpt-size 26GB
     """
@@ -109,7 +110,11 @@ def plan(
 
 def _config_line(selection: ConfigSelection) -> str:
     config, window = selection.config, selection.config.dyn_ckpt_window
-    where = {"file": f"{selection.source_path}", "recorded": f"recorded in {selection.source_path}"}
+    where = {
+        "file": f"{selection.source_path}",
+        "policy": f"policy recorded in {selection.source_path}",
+        "recorded": f"recorded in {selection.source_path}",
+    }
     window_text = "no window" if window is None else f"window {window.start}..{window.stop}"
     window_text += "" if window is None else f" {window.strategy}"
     return (

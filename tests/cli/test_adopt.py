@@ -83,7 +83,9 @@ def test_ls_without_a_policy_shows_no_deletion(run_cli, upstream: Path) -> None:
     assert result.exit_code == 0
     rows = [line.split() for line in result.stdout.splitlines()[2:9]]
     assert [int(r[0]) for r in rows] == UPSTREAM_STEPS
-    assert all(line.endswith("keep  no retention policy") for line in result.stdout.splitlines()[2:9])
+    assert all(
+        line.endswith("keep  no retention policy") for line in result.stdout.splitlines()[2:9]
+    )
     assert result.stdout.endswith("gc would delete nothing (no retention policy)\n")
     doc = json.loads(run_cli("ls", "ckpt", "--json").stdout)
     assert doc["config"]["has_policy"] is False and doc["config"]["source"] == "defaults"
@@ -138,7 +140,9 @@ def test_mark_then_gc_without_config_keeps_the_milestones(run_cli, upstream: Pat
     )
     meta = json.loads((upstream / "step_4" / "metadata.json").read_text())
     assert meta == {"step": 4, "tokens_seen": 4 * 4096, "dynamic_milestone": True}
-    assert "dynamic_milestone" not in json.loads((upstream / "step_16" / "metadata.json").read_text())
+    assert "dynamic_milestone" not in json.loads(
+        (upstream / "step_16" / "metadata.json").read_text()
+    )
     # Upstream keeps training: two more saves, then cron runs gc without -c.
     write_upstream_checkpoint(upstream, 24)
     write_upstream_checkpoint(upstream, 28)
@@ -213,7 +217,10 @@ def test_mark_refuses_bad_input(run_cli, upstream: Path, args, code, message) ->
 def test_mark_with_nothing_to_mark(run_cli, upstream: Path, tmp_path: Path) -> None:
     result = run_cli("mark", "ckpt", "--window", "100..200")
     assert result.exit_code == 0
-    assert result.stdout == "nothing to mark: window 100..200 power2 matches no checkpoint under ckpt\n"
+    assert (
+        result.stdout
+        == "nothing to mark: window 100..200 power2 matches no checkpoint under ckpt\n"
+    )
     (tmp_path / "empty").mkdir()
     empty = run_cli("mark", "empty", "-c", "job.toml")
     assert (empty.exit_code, empty.stdout) == (0, "no checkpoints under empty; nothing to mark\n")

@@ -230,6 +230,7 @@ def test_installed_script_runs_gc_with_a_job_file(fixed_tree: Path, tmp_path: Pa
         "source": "file",
         "path": "job.toml",
         "checkpoint": {**doc["config"]["checkpoint"], "keep_last_n": 3},
+        "has_policy": True,
     }
     # keep_last_n = 3 and no window in the job file: step_2 survives by its recorded flag.
     assert doc["deleted"] == [100, 300]
