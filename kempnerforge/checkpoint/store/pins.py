@@ -11,7 +11,9 @@ Its presence is the pin: retention keeps a pinned checkpoint with the reason ``p
 pin never uses a ``keep_last_n`` slot. The fields only describe it, so a pin file that cannot be
 parsed still pins (with a warning): when in doubt, keep.
 
-Pinning and unpinning take the root's lock (:mod:`kempnerforge.checkpoint.store._lock`), the one
+The scan reads pins (:func:`read_pin`) on every cold walk, so this module imports little at the
+top; what only the writers need is imported where they run. Pinning and unpinning take the
+root's lock (:mod:`kempnerforge.checkpoint.store._lock`), the one
 gc and the manager's retention hold while they scan, plan and delete: a concurrent gc either
 finished before the pin (and the checkpoint is gone: the pin fails cleanly) or plans after it
 (and sees the pin). Both keep the step directory's modification time as it was, so that a
@@ -23,17 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import getpass
 import json
 import os
-import socket
 import stat
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kempnerforge.checkpoint.store._lock import hold_lock
 from kempnerforge.checkpoint.store.catalog import check_root
 from kempnerforge.checkpoint.store.files import fsync_dir, write_json_atomic
 from kempnerforge.checkpoint.store.layout import (
@@ -175,6 +173,11 @@ def pin_checkpoint(
         >>> pin_checkpoint("runs/a/ckpt", 1500, note="best eval loss 2.31")  # doctest: +SKIP
         PinResult(step=1500, path=PosixPath('runs/a/ckpt/step_1500'), pin=Pin(...), previous=None)
     """
+    import socket
+    from datetime import UTC, datetime
+
+    from kempnerforge.checkpoint.store._lock import hold_lock
+
     path = check_root(root)
     note = check_note(note)
     _existing_step_dir(path, step)  # before the lock: a wrong root gets no lock file
@@ -211,6 +214,8 @@ def unpin_checkpoint(root: str | Path, step: int, *, wait_lock_s: float = 0.0) -
         LockBusyError: another process holds the lock after ``wait_lock_s`` seconds.
         RetentionError: the lock file cannot be used.
     """
+    from kempnerforge.checkpoint.store._lock import hold_lock
+
     path = check_root(root)
     _existing_step_dir(path, step)  # before the lock: a wrong root gets no lock file
     with hold_lock(path, wait_lock_s=wait_lock_s):
@@ -252,6 +257,8 @@ def _same_mtime(step_dir: Path):  # type: ignore[no-untyped-def]
 
 
 def _user() -> str:
+    import getpass  # the writer's only: a scan that reads pins never needs it
+
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # no passwd entry (a container): the numeric id

@@ -27,17 +27,14 @@ gc gives before deleting them.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
 import os
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kempnerforge.checkpoint.store._lock import hold_lock
 from kempnerforge.checkpoint.store.catalog import check_root
 from kempnerforge.checkpoint.store.files import write_json_atomic
 from kempnerforge.checkpoint.store.layout import (
@@ -156,6 +153,9 @@ def mark_root(
         >>> result.marked, result.policy_path  # doctest: +SKIP
         ((0, 1, 2, 4, 8), PosixPath('runs/upstream/ckpt/.kf-ckpt.policy'))
     """
+    # Imported here: every ls and gc reads the policy; only mark writes (socket, fcntl, ...).
+    from kempnerforge.checkpoint.store._lock import hold_lock
+
     path = check_root(root)
     if not list_step_dirs(path):
         return MarkResult(root=path, dry_run=dry_run, checkpoints=0)
@@ -228,6 +228,8 @@ def _record_policy(
     if current is not None and config_to_dict(current[0]) == table:
         return False
     if not dry_run:
+        from datetime import UTC, datetime
+
         write_json_atomic(
             root / POLICY_NAME,
             {
@@ -243,6 +245,8 @@ def _record_policy(
 
 
 def _user() -> str:
+    import getpass
+
     try:
         return getpass.getuser()
     except (KeyError, OSError):
