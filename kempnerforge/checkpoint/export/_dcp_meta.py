@@ -384,7 +384,7 @@ def _empty_selection(
     )
 
 
-class _KnownMetadataReader(dcp.FileSystemReader):
+class KnownMetadataReader(dcp.FileSystemReader):
     """A DCP reader that reuses metadata already read safely, instead of unpickling it again."""
 
     def __init__(self, path: Path, metadata: Metadata) -> None:
@@ -414,7 +414,7 @@ def load_tensors(
         names[f"{entry.dcp_dir}\0{entry.fqn}"] = entry.name
     loaded: dict[str, torch.Tensor] = {}
     for dcp_dir, state_dict in by_dir.items():
-        reader = _KnownMetadataReader(dcp_dir, part.metadata[dcp_dir])
+        reader = KnownMetadataReader(dcp_dir, part.metadata[dcp_dir])
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # "assuming ... a single process"

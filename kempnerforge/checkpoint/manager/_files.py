@@ -26,6 +26,7 @@ from kempnerforge.checkpoint.store.layout import (
     METADATA_JSON,
     TRASH_NAME,
     check_complete,
+    list_step_dirs,
     parse_step,
     pp_stage_dirs,
     read_metadata_json,
@@ -38,6 +39,7 @@ from kempnerforge.config.loader import config_to_dict
 from kempnerforge.errors import (
     CheckpointNotFoundError,
     CheckpointSaveError,
+    CorruptCheckpointError,
     KempnerForgeError,
     LockBusyError,
     RetentionError,
@@ -201,13 +203,16 @@ def resolve_resume_dir(
 ) -> Path | None:
     """The checkpoint a resume loads: ``path``, else ``load_path``, else ``<root>/latest``.
 
-    When ``latest`` is missing, outside the root or names an incomplete checkpoint, the newest
-    complete checkpoint is used instead, with a logged warning. None when there is none at all.
+    ``path`` / ``load_path`` may name any directory holding a DCP checkpoint, whatever its name
+    and whoever wrote it. When ``latest`` is missing, outside the root or names an incomplete
+    checkpoint, the newest complete checkpoint is used instead, with a logged warning. None --
+    a fresh start from step 0 -- only for a root that holds no checkpoint directory at all.
 
     Raises:
         CheckpointNotFoundError: ``path`` / ``load_path`` is given but does not exist (a wrong
             path must never turn into a silent restart from step 0).
-        CorruptCheckpointError: the explicitly named checkpoint is incomplete.
+        CorruptCheckpointError: the explicitly named checkpoint is incomplete, or checkpoint
+            directories exist (or ``latest`` names one) but none is complete.
     """
     explicit = path if path is not None else load_path
     if explicit is not None:
@@ -229,16 +234,35 @@ def resolve_resume_dir(
         status = check_complete(linked, pp_stages=recorded_pp_stages(linked))
         if status.complete:
             return linked
-        logger.warning(
-            "%s: latest -> %s is incomplete (%s); falling back to %s",
-            root,
-            linked.name,
-            status.reason,
-            fallback.name if fallback else "no checkpoint (starting from step 0)",
-        )
+        if fallback is not None:
+            logger.warning(
+                "%s: latest -> %s is incomplete (%s); falling back to %s",
+                root,
+                linked.name,
+                status.reason,
+                fallback.name,
+            )
     elif fallback is not None:
         logger.warning("%s: no usable 'latest'; resuming from %s", root, fallback.name)
+    if fallback is None and (link.step is not None or list_step_dirs(root)):
+        raise CorruptCheckpointError(_no_complete_checkpoint(root, link.step))
     return fallback
+
+
+def _no_complete_checkpoint(root: Path, latest_step: int | None) -> str:
+    """Why a root with checkpoint directories, none complete, is not a fresh start."""
+    found = []
+    for _, step_dir in reversed(list_step_dirs(root)):
+        status = check_complete(step_dir, pp_stages=recorded_pp_stages(step_dir))
+        found.append(f"{step_dir.name} (incomplete: {status.reason})")
+    shown = ", ".join(found[:5]) + (f", and {len(found) - 5} more" if len(found) > 5 else "")
+    latest = f"; latest -> {step_dir_name(latest_step)}" if latest_step is not None else ""
+    return (
+        f"no complete checkpoint to resume from under {root}: found {shown or 'nothing'}"
+        f"{latest}. Refusing to start from step 0 silently. To resume, restore a complete "
+        f"checkpoint or set checkpoint.load_path; to start from step 0 on purpose, point "
+        f"checkpoint.dir at a new directory or move these directories out of {root}"
+    )
 
 
 def saved_step(step_dir: Path) -> int:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 from collections.abc import Collection
 from concurrent.futures import Future
@@ -36,35 +37,34 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
 )
 
 from kempnerforge.checkpoint.manager._files import (
-    FORMAT_VERSION,
     point_latest,
     prepare_step_dir,
     resolve_resume_dir,
     saved_step,
     write_metadata,
 )
+from kempnerforge.checkpoint.manager._load import LOADABLE_KEYS, load_dcp_state, plan_exclusions
 from kempnerforge.checkpoint.manager._pins import PinsMixin
 from kempnerforge.checkpoint.manager.async_save import AsyncCheckpointer, CheckpointGroups
 from kempnerforge.checkpoint.manager.train_state import (
-    capture_rng_state,
+    SavedTrainState,
+    check_extra_keys,
     check_frozen,
-    excluded_parts,
+    compose_train_state,
+    get_rng_state,
     load_train_state,
-    restore_rng_state,
+    parse_train_state,
     save_train_state,
-    select_rank_state,
+    set_rng_state,
 )
 from kempnerforge.checkpoint.store.background import BackgroundRetention
-from kempnerforge.checkpoint.store.layout import TRAIN_STATE, step_dir_name
+from kempnerforge.checkpoint.store.layout import METADATA_JSON, TRAIN_STATE, step_dir_name
 from kempnerforge.checkpoint.store.metrics import checked_metrics
 from kempnerforge.config.checkpoint import AsyncCheckpointMode, CheckpointConfig
 from kempnerforge.errors import CheckpointSaveError
@@ -151,14 +151,17 @@ class CheckpointManager(PinsMixin):
             CheckpointSaveError: writing failed on some rank; ``latest`` was not moved.
             TypeError: ``extra``, scheduler or dataloader state holds objects a safe load
                 rejects, or a metric is not a number (checked before anything is written).
+            ValueError: an ``extra`` key is one of the standard keys of ``train_state.pt``
+                (``step``, ``tokens_seen``, ``rng``, ``scheduler``, ``dataloader``).
         """
         recorded_metrics = checked_metrics(metrics)  # on every rank: all refuse, none hangs
         step_dir = self.root / step_dir_name(step)
+        check_extra_keys(extra)  # on every rank, before any collective: all of them raise
         self.flush_pending_save()
-        mine = {
-            "rng": capture_rng_state(),
-            "dataloader": dataloader.state_dict() if dataloader is not None else None,
-        }
+        loader_state = None
+        if dataloader is not None and hasattr(dataloader, "state_dict"):
+            loader_state = dataloader.state_dict()
+        mine = {"rng": get_rng_state(), "dataloader": loader_state}
         ranks = self._groups.gather(mine)
         error: BaseException | None = None
         if self.rank == 0:
@@ -237,53 +240,100 @@ class CheckpointManager(PinsMixin):
     ) -> tuple[int, int, dict[str, Any]]:
         """Resume from ``path``, else ``config.load_path``, else ``<dir>/latest``.
 
-        ``exclude_keys`` (default ``config.exclude_from_loading``) names parts not to restore:
-        ``model``, ``optimizer``, ``scheduler``, ``dataloader``, ``rng``. Without ``dataloader``,
-        its state is kept for :meth:`apply_dataloader_state`. Returns ``(step, tokens_seen,
-        extra)``, or ``(0, 0, {})`` when there is no checkpoint at all.
+        ``exclude_keys`` (default ``config.exclude_from_loading``) names what not to restore:
+        whole parts (``model``, ``optimizer``, ``scheduler``, ``dataloader``, ``rng``) or FQN
+        prefixes of model parameters and buffers (``output``, ``layers.31.mlp``), which keep
+        their current values and optimizer state. Without ``dataloader``, its state is kept for
+        :meth:`apply_dataloader_state`. ``path`` may be any DCP checkpoint directory; one
+        written by another tool (no ``train_state.pt``, no ``metadata.json``) gives the model
+        weights only and returns step 0. Returns ``(step, tokens_seen, extra)``, where
+        ``extra`` is every non-standard key of ``train_state.pt`` (upstream's rule), or
+        ``(0, 0, {})`` for a root without checkpoint directories.
 
         Raises:
             CheckpointNotFoundError: ``path`` or ``config.load_path`` does not exist.
-            CorruptCheckpointError: that checkpoint is incomplete, or its train state unsafe.
+            CorruptCheckpointError: that checkpoint is incomplete, its train state unsafe, or
+                the root holds checkpoint directories but none is complete (never a silent
+                restart from step 0).
             PermissionError: its ``train_state.pt`` belongs to another user.
-            ConfigError: an unknown exclude key, or frozen parameters that differ from the save.
+            ConfigError: an exclude entry that matches nothing, frozen parameters that differ
+                from the save, or model tensors the checkpoint lacks.
         """
-        excluded = excluded_parts(
-            self.config.exclude_from_loading if exclude_keys is None else exclude_keys
+        entries = self.config.exclude_from_loading if exclude_keys is None else exclude_keys
+        by_fqn = [e for e in entries if e not in LOADABLE_KEYS]
+        exclusions = plan_exclusions(
+            entries, get_model_state_dict(self.model).keys() if by_fqn else ()
         )
+        excluded = exclusions.parts
         self.flush_pending_save()
         step_dir = self._resolve_on_rank0(path)
         if step_dir is None:
             logger.info("no checkpoint under %s; starting from step 0", self.root)
             return 0, 0, {}
-        train_state = load_train_state(step_dir / TRAIN_STATE)
+        saved = self._read_train_state(step_dir)
         partial = check_frozen(
-            train_state.get("frozen_params"), self._frozen(), self.config.ignore_freeze_mismatch
+            saved.frozen_params if saved is not None else None,
+            self._frozen(),
+            self.config.ignore_freeze_mismatch,
         )
-        self._load_tensors(self._tree(step_dir), excluded, partial)
-        if scheduler is not None and "scheduler" not in excluded and train_state.get("scheduler"):
-            scheduler.load_state_dict(train_state["scheduler"])
-        own = select_rank_state(train_state, self.rank, self.world_size)
-        if own["rng"] is not None and "rng" not in excluded:
-            restore_rng_state(own["rng"])
+        with self._groups.quiet_single_process():
+            load_dcp_state(
+                self.model,
+                self.optimizer,
+                self._tree(step_dir),
+                exclusions,
+                partial=partial,
+                process_group=self._groups.dcp_group,
+            )
+        if saved is None:
+            logger.warning(
+                "%s has no %s (written by another tool): loaded its model weights; starting "
+                "from step 0",
+                step_dir,
+                TRAIN_STATE,
+            )
+            return 0, 0, {}
+        if scheduler is not None and "scheduler" not in excluded and saved.scheduler:
+            scheduler.load_state_dict(saved.scheduler)
+        if saved.rng is not None and "rng" not in excluded:
+            set_rng_state(saved.rng)
         if "dataloader" not in excluded:
-            self._stashed_dataloader = own["dataloader"]
+            self._stashed_dataloader = saved.dataloader
             if dataloader is not None:
                 self.apply_dataloader_state(dataloader)
-        step = int(train_state.get("step", saved_step(step_dir)))
+        step = saved.step if saved.step is not None else saved_step(step_dir)
         logger.info("resumed from %s (step %d)", step_dir, step)
-        return step, int(train_state.get("tokens_seen", 0)), dict(train_state.get("extra") or {})
+        return step, saved.tokens_seen, saved.extra
+
+    def _read_train_state(self, step_dir: Path) -> SavedTrainState | None:
+        """This rank's share of ``train_state.pt``; None for a checkpoint of another tool.
+
+        A checkpoint with a ``metadata.json`` (ours, upstream's) must have its train state:
+        without it the checkpoint is damaged, not foreign.
+        """
+        if not os.path.lexists(step_dir / TRAIN_STATE) and not os.path.lexists(
+            step_dir / METADATA_JSON
+        ):
+            return None
+        state = load_train_state(step_dir / TRAIN_STATE)
+        return parse_train_state(state, self.rank, self.world_size)
 
     def peek_saved_step(self, path: str | Path | None = None) -> int | None:
         """The step :meth:`load` would resume from, or None; reads no tensors, no collectives."""
         step_dir = resolve_resume_dir(self.root, path, self.config.load_path)
         return None if step_dir is None else saved_step(step_dir)
 
-    def apply_dataloader_state(self, loader: Stateful) -> bool:
-        """Restore the dataloader state stashed by :meth:`load`; False when there is none."""
-        state, self._stashed_dataloader = self._stashed_dataloader, None
-        if state is None:
+    def apply_dataloader_state(self, loader: Stateful | None) -> bool:
+        """Restore the dataloader state stashed by :meth:`load` into ``loader``.
+
+        False, changing nothing, when there is no stashed state, ``loader`` is None, or it has
+        no ``load_state_dict`` (as upstream KempnerForge does); the state then stays stashed for
+        a later call.
+        """
+        state = self._stashed_dataloader
+        if state is None or loader is None or not hasattr(loader, "load_state_dict"):
             return False
+        self._stashed_dataloader = None
         loader.load_state_dict(state)
         return True
 
@@ -312,17 +362,14 @@ class CheckpointManager(PinsMixin):
         metrics: dict[str, float | int | None],
     ) -> None:
         prepare_step_dir(self.root, step_dir)
-        train_state = {
-            "format_version": FORMAT_VERSION,
-            "step": step,
-            "tokens_seen": tokens_seen,
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "extra": dict(extra or {}),
-            "frozen_params": self._frozen(),
-            "rng": ranks[0]["rng"],  # rank 0's copies at the top level, as upstream files have
-            "dataloader": ranks[0]["dataloader"],
-            "ranks": ranks,
-        }
+        train_state = compose_train_state(
+            step=step,
+            tokens_seen=tokens_seen,
+            scheduler_state=scheduler.state_dict() if scheduler is not None else None,
+            ranks=ranks,
+            frozen_params=self._frozen(),
+            extra=extra,
+        )
         save_train_state(step_dir / TRAIN_STATE, train_state)
         write_metadata(
             step_dir,
@@ -386,22 +433,6 @@ class CheckpointManager(PinsMixin):
             return  # other pipeline stages still writing: _finalize publishes it
         except Exception:  # a thread callback must not raise; _finalize retries and reports
             logger.warning("could not move latest to %s early", step_dir, exc_info=True)
-
-    def _load_tensors(self, tree: Path, excluded: set[str], partial: bool) -> None:
-        state = self._state_dict(excluded)
-        if not state:
-            return
-        with self._groups.quiet_single_process():
-            dcp.load(
-                state,
-                checkpoint_id=str(tree),
-                process_group=self._groups.dcp_group,
-                planner=DefaultLoadPlanner(allow_partial_load=partial),
-            )
-        if "model" in state:
-            set_model_state_dict(self.model, state["model"])
-        if "optimizer" in state and self.optimizer is not None:
-            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
 
     def _resolve_on_rank0(self, path: str | Path | None) -> Path | None:
         """Rank 0's resolution, or its error, on every rank: all ranks load the same step."""

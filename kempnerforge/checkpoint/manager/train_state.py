@@ -1,15 +1,18 @@
 """``train_state.pt``: step, tokens, scheduler, dataloader, RNG and extras, loaded safely.
 
-The file is a small ``torch.save`` archive that rank 0 writes next to the DCP shards. Loading it
-must never run code from the file, so it is read with ``torch.load(weights_only=True)``: RNG states
-are stored as tensors, ints and lists, and the only non-tensor globals admitted are the numpy
-pieces that upstream KempnerForge files use for the numpy RNG state (:data:`NUMPY_ALLOWLIST`).
+The file is a small ``torch.save`` archive that rank 0 writes next to the DCP shards, in upstream
+KempnerForge's layout (see :mod:`kempnerforge.checkpoint.manager._format`, re-exported here with
+upstream's helpers ``build_train_state``, ``restore_train_state``, ``get_rng_state`` and
+``set_rng_state``). Loading it must never run code from the file, so it is read with
+``torch.load(weights_only=True)``: RNG states are tuples, ints and tensors, and the only
+non-tensor globals admitted are the numpy pieces of the numpy RNG state (:data:`NUMPY_ALLOWLIST`).
 Before a byte is unpickled, the file must be a regular file (not a symlink) owned by the current
 user; a group- or world-writable file loads with a warning.
 
 Example:
-    >>> save_train_state(path, {"step": 10, "rng": capture_rng_state()})  # doctest: +SKIP
-    >>> restore_rng_state(load_train_state(path)["rng"])  # doctest: +SKIP
+    >>> save_train_state(path, build_train_state(10, 40960, extra={"phase": 2}))  # doctest: +SKIP
+    >>> restore_train_state(load_train_state(path))  # doctest: +SKIP
+    (10, 40960, {'phase': 2})
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import io
 import logging
 import os
 import pickle
-import random
 import stat
 import warnings
 from pathlib import Path
@@ -27,26 +29,46 @@ from typing import Any
 import numpy as np
 import torch
 
+from kempnerforge.checkpoint.manager._format import (
+    RNG_EXTENSION_KEY,
+    STANDARD_KEYS,
+    TRAIN_STATE_VERSION,
+    SavedTrainState,
+    build_train_state,
+    check_extra_keys,
+    compose_train_state,
+    extras_of,
+    get_rng_state,
+    parse_train_state,
+    restore_train_state,
+    set_rng_state,
+)
+from kempnerforge.checkpoint.manager._load import LOADABLE_KEYS
 from kempnerforge.checkpoint.store.files import write_bytes_atomic
 from kempnerforge.errors import ConfigError, CorruptCheckpointError
 
 __all__ = [
     "LOADABLE_KEYS",
     "NUMPY_ALLOWLIST",
+    "RNG_EXTENSION_KEY",
+    "STANDARD_KEYS",
+    "TRAIN_STATE_VERSION",
     "InsecureFileWarning",
-    "capture_rng_state",
+    "SavedTrainState",
+    "build_train_state",
+    "check_extra_keys",
     "check_frozen",
-    "excluded_parts",
+    "compose_train_state",
+    "extras_of",
+    "get_rng_state",
     "load_train_state",
-    "restore_rng_state",
+    "parse_train_state",
+    "restore_train_state",
     "save_train_state",
-    "select_rank_state",
+    "set_rng_state",
 ]
 
 logger = logging.getLogger(__name__)
-
-LOADABLE_KEYS = ("model", "optimizer", "scheduler", "dataloader", "rng")
-"""The parts of a checkpoint a resume can skip (``exclude_keys``, ``exclude_from_loading``)."""
 
 
 class InsecureFileWarning(UserWarning):
@@ -75,53 +97,6 @@ def _numpy_allowlist() -> list[Any]:
 
 NUMPY_ALLOWLIST: list[Any] = _numpy_allowlist()
 """Globals ``torch.load(weights_only=True)`` may resolve besides torch's own: numpy arrays only."""
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """This process's RNG states (python, numpy, torch CPU, CUDA device) as plain values."""
-    version, internal, gauss_next = random.getstate()
-    np_state = np.random.get_state(legacy=False)
-    state: dict[str, Any] = {
-        "python": [version, list(internal), gauss_next],
-        "numpy": {
-            "bit_generator": np_state["bit_generator"],
-            "key": [int(k) for k in np_state["state"]["key"]],
-            "pos": int(np_state["state"]["pos"]),
-            "has_gauss": int(np_state["has_gauss"]),
-            "gauss": float(np_state["gauss"]),
-        },
-        "torch": torch.random.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of :func:`capture_rng_state`; also takes upstream tuple/ndarray forms."""
-    if "python" in state:
-        version, internal, gauss_next = state["python"]
-        random.setstate((int(version), tuple(int(x) for x in internal), gauss_next))
-    numpy_state = state.get("numpy")
-    if isinstance(numpy_state, dict):
-        key = np.asarray(numpy_state["key"], dtype=np.uint32)
-        np.random.set_state(
-            (
-                numpy_state["bit_generator"],
-                key,
-                int(numpy_state["pos"]),
-                int(numpy_state["has_gauss"]),
-                float(numpy_state["gauss"]),
-            )
-        )
-    elif numpy_state is not None:  # upstream: the legacy tuple with an ndarray key
-        np.random.set_state(tuple(numpy_state))
-    cpu = state.get("torch", state.get("torch_cpu"))
-    if cpu is not None:
-        torch.random.set_rng_state(cpu)
-    cuda = state.get("cuda", state.get("torch_cuda"))
-    if cuda is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(cuda)
 
 
 def save_train_state(path: Path, state: dict[str, Any]) -> None:
@@ -222,40 +197,6 @@ def _first_line(exc: BaseException) -> str:
             # Drop torch's advice to allowlist the global "if you trust" it: we do not.
             return line.split(". Please use")[0]
     return lines[0] if lines else type(exc).__name__
-
-
-def select_rank_state(train_state: dict[str, Any], rank: int, world_size: int) -> dict[str, Any]:
-    """The RNG and dataloader state meant for ``rank`` out of a loaded train state.
-
-    Each rank's own entry when the checkpoint was written by the same number of ranks; otherwise
-    (or for upstream files, which keep one copy) the top-level copy, which is rank 0's.
-    """
-    per_rank = train_state.get("ranks")
-    if isinstance(per_rank, list) and len(per_rank) == world_size and 0 <= rank < world_size:
-        entry = per_rank[rank]
-        return {"rng": entry.get("rng"), "dataloader": entry.get("dataloader")}
-    if isinstance(per_rank, list):
-        logger.warning(
-            "saved by %d ranks, loaded by %d: rank %d restores rank 0's RNG and dataloader state",
-            len(per_rank),
-            world_size,
-            rank,
-        )
-    return {"rng": train_state.get("rng"), "dataloader": train_state.get("dataloader")}
-
-
-def excluded_parts(keys: list[str]) -> set[str]:
-    """``keys`` as a set, after checking each names one of :data:`LOADABLE_KEYS`.
-
-    Raises:
-        ConfigError: an unknown key (a typo must not silently load everything).
-    """
-    unknown = [key for key in keys if key not in LOADABLE_KEYS]
-    if unknown:
-        raise ConfigError(
-            f"cannot exclude {unknown[0]!r} from loading; valid keys: {', '.join(LOADABLE_KEYS)}"
-        )
-    return set(keys)
 
 
 def check_frozen(saved: list[str] | None, current: list[str], ignore_mismatch: bool) -> bool:

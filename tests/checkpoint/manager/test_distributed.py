@@ -1,7 +1,7 @@
 """Two CPU ranks (gloo, FSDP2 ``fully_shard``): save, then load on 2 ranks and on 1 (resharding).
 
-One spawn runs every multi-rank check, to keep the suite fast: a sync save and a 2-rank load, an
-async save of DTensor state that training mutates during the flush, and a pipeline-parallel
+One spawn runs every multi-rank check, to keep the suite fast: a sync save and a 2-rank load, a
+fine-tune that re-initialises the head (``exclude_from_loading`` by FQN prefix), an async save of DTensor state that training mutates during the flush, and a pipeline-parallel
 layout (each rank its own stage, with its own process group). The parent then loads the FSDP2
 checkpoint in a single process.
 """
@@ -22,7 +22,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
 from kempnerforge.checkpoint.manager import CheckpointManager
-from kempnerforge.checkpoint.manager.train_state import load_train_state
+from kempnerforge.checkpoint.manager.train_state import RNG_EXTENSION_KEY, load_train_state
 from kempnerforge.checkpoint.store.files import read_latest
 from kempnerforge.checkpoint.store.layout import DCP_METADATA, check_complete
 from tests.checkpoint._models import (
@@ -70,6 +70,24 @@ def _check_sync_save_and_two_rank_load(rank: int, out: Path) -> None:
     assert torch.equal(torch.get_rng_state(), rng_at_save), f"rank {rank}: RNG not its own"
     train_step(fresh, fresh_optimizer)  # ...and a resumed run continues identically
     assert_bit_equal(snapshot(fresh, fresh_optimizer), continued, f"rank {rank} continued")
+
+
+def _check_fine_tune_with_a_reinitialised_head(rank: int, out: Path) -> None:
+    """exclude_from_loading by FQN prefix on FSDP2 shards: the head keeps its fresh values."""
+    saved: dict[str, Any] = torch.load(out / "expected.pt", weights_only=True)
+    model, optimizer = _sharded(seed=11)
+    before = snapshot(model, optimizer)
+    config = make_config(out / "fsdp", exclude_from_loading=["head"])
+    CheckpointManager(config, model, optimizer).load()
+    after = snapshot(model, optimizer)
+    for name, value in after["model"].items():
+        expected = before["model"][name] if name.startswith("head") else saved["model"][name]
+        assert_bit_equal(value, expected, f"rank {rank} {name}")
+    for name, value in after["optimizer"]["state"].items():
+        if name.startswith("head"):
+            assert torch.count_nonzero(value["exp_avg"]) == 0, f"rank {rank}: head moments loaded"
+        else:
+            assert_bit_equal(value, saved["optimizer"]["state"][name], f"rank {rank} {name}")
 
 
 def _check_async_save_of_dtensors(rank: int, out: Path) -> None:
@@ -128,6 +146,8 @@ def _worker(rank: int, out: Path) -> None:
     )
     try:
         _check_sync_save_and_two_rank_load(rank, out)
+        dist.barrier()  # rank 0 has written expected.pt
+        _check_fine_tune_with_a_reinitialised_head(rank, out)
         _check_async_save_of_dtensors(rank, out)
         _check_pipeline_stages(rank, out)
     finally:
@@ -149,7 +169,8 @@ def test_two_ranks_save_and_load_bit_exactly(two_rank_run: Path) -> None:
     meta = json.loads((root / "step_2" / "metadata.json").read_text())
     assert meta["world_size"] == WORLD
     assert "pp_stages" not in meta
-    assert len(load_train_state(root / "step_2" / "train_state.pt")["ranks"]) == WORLD
+    rng = load_train_state(root / "step_2" / "train_state.pt")["rng"]
+    assert len(rng[RNG_EXTENSION_KEY]["ranks"]) == WORLD
     assert sorted(p.name for p in (root / "step_2").glob("*.distcp")) == [
         "__0_0.distcp",
         "__1_0.distcp",

@@ -13,12 +13,13 @@ import pytest
 import torch
 
 from kempnerforge.checkpoint.manager.train_state import (
+    RNG_EXTENSION_KEY,
     InsecureFileWarning,
-    capture_rng_state,
+    get_rng_state,
     load_train_state,
-    restore_rng_state,
+    parse_train_state,
     save_train_state,
-    select_rank_state,
+    set_rng_state,
 )
 from kempnerforge.errors import CorruptCheckpointError
 
@@ -55,18 +56,18 @@ def test_rng_state_round_trips_through_a_weights_only_file(tmp_path: Path) -> No
     np.random.seed(2)
     torch.manual_seed(3)
     np.random.randn()  # leave a cached gaussian in the numpy state
-    save_train_state(tmp_path / "ts.pt", {"step": 7, "rng": capture_rng_state()})
+    save_train_state(tmp_path / "ts.pt", {"step": 7, "rng": get_rng_state()})
     expected = _draws()
     random.seed(99)
     np.random.seed(99)
     torch.manual_seed(99)
 
     state = load_train_state(tmp_path / "ts.pt")
-    restore_rng_state(state["rng"])
+    set_rng_state(state["rng"])
 
     assert state["step"] == 7
-    assert isinstance(state["rng"]["python"], list)
-    assert isinstance(state["rng"]["numpy"], dict)
+    assert isinstance(state["rng"]["python"], tuple)  # what random.setstate takes
+    assert state["rng"]["numpy"][0] == "MT19937"  # the legacy tuple np.random.set_state takes
     actual = _draws()
     assert actual[:2] == expected[:2]
     assert torch.equal(actual[2], expected[2])
@@ -86,7 +87,7 @@ def test_upstream_file_with_numpy_ndarray_state_loads(tmp_path: Path) -> None:
     expected = np.random.rand(4)
     np.random.seed(0)
 
-    restore_rng_state(load_train_state(tmp_path / "ts.pt")["rng"])
+    set_rng_state(load_train_state(tmp_path / "ts.pt")["rng"])
 
     assert np.array_equal(np.random.rand(4), expected)
 
@@ -185,16 +186,39 @@ def test_saving_an_unloadable_extra_fails_at_save_time(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-def test_select_rank_state_prefers_own_entry_when_world_size_matches() -> None:
-    state = {
-        "rng": {"who": 0},
+def test_each_rank_restores_its_own_entry_when_world_size_matches() -> None:
+    ranks = [
+        {"rng": {"who": 0}, "dataloader": {"pos": 0}},
+        {"rng": {"who": 1}, "dataloader": None},
+    ]
+    ours = {
+        "step": 3,
+        "rng": {"who": 0, RNG_EXTENSION_KEY: {"ranks": ranks}},
         "dataloader": {"pos": 0},
-        "ranks": [
-            {"rng": {"who": 0}, "dataloader": {"pos": 0}},
-            {"rng": {"who": 1}, "dataloader": None},
-        ],
     }
+    one = parse_train_state(ours, 1, 2)
+    assert (one.rng, one.dataloader, one.step, one.extra) == ({"who": 1}, None, 3, {})
+    other_world = parse_train_state(ours, 2, 3)  # rank 0's copy, from the top level
+    assert other_world.rng is not None and other_world.rng["who"] == 0
+    assert other_world.dataloader == {"pos": 0}
+    upstream = parse_train_state({"rng": {"who": 9}, "phase": 2}, 0, 1)
+    assert (upstream.rng, upstream.dataloader, upstream.extra) == ({"who": 9}, None, {"phase": 2})
+    assert upstream.frozen_params is None
 
-    assert select_rank_state(state, 1, 2) == {"rng": {"who": 1}, "dataloader": None}
-    assert select_rank_state(state, 2, 3) == {"rng": {"who": 0}, "dataloader": {"pos": 0}}
-    assert select_rank_state({"rng": {"who": 9}}, 0, 1) == {"rng": {"who": 9}, "dataloader": None}
+
+def test_files_of_our_first_format_still_load() -> None:
+    """Before the upstream layout: extras under "extra", per-rank state top-level."""
+    old = {
+        "format_version": 1,
+        "step": 4,
+        "tokens_seen": 8,
+        "scheduler": None,
+        "extra": {"note": "hi"},
+        "frozen_params": ["head.weight"],
+        "rng": {"python": [3, [1] * 625, None], "torch": torch.random.get_rng_state()},
+        "dataloader": None,
+        "ranks": [{"rng": {"who": 0}, "dataloader": {"pos": 5}}],
+    }
+    parsed = parse_train_state(old, 0, 1)
+    assert parsed.extra == {"note": "hi"} and parsed.frozen_params == ["head.weight"]
+    assert parsed.dataloader == {"pos": 5} and parsed.step == 4
