@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
@@ -122,6 +123,10 @@ def assert_bit_equal(actual: Any, expected: Any, where: str = "state") -> None:
         assert set(actual) == set(expected), f"{where}: keys {set(actual) ^ set(expected)} differ"
         for key in expected:
             assert_bit_equal(actual[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, np.ndarray):  # the numpy RNG state
+        assert isinstance(actual, np.ndarray), f"{where}: not an ndarray"
+        assert actual.dtype == expected.dtype, f"{where}: dtype {actual.dtype} != {expected.dtype}"
+        assert np.array_equal(actual, expected), f"{where}: values differ"
     elif isinstance(expected, list | tuple):
         assert len(actual) == len(expected), f"{where}: lengths differ"
         for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
