@@ -16,6 +16,7 @@ __all__ = [
     "ExportError",
     "KempnerForgeError",
     "LockBusyError",
+    "MissingExtraError",
     "OutputExistsError",
     "RetentionError",
     "VerifyError",
@@ -81,3 +82,9 @@ class VerifyError(ExportError):
 
 class CheckpointSaveError(KempnerForgeError):
     """A save, or its background flush, failed; ``latest`` still names the previous one. Exit 1."""
+
+
+class MissingExtraError(KempnerForgeError, ImportError):
+    """An optional dependency is not installed (the message gives the pip line). Exit code 2."""
+
+    exit_code = EXIT_USAGE

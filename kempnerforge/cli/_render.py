@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import time
 from collections.abc import Iterable
@@ -39,12 +40,14 @@ __all__ = [
     "human_age",
     "human_bytes",
     "human_count",
+    "human_float",
     "now_s",
     "plural",
     "reason_text",
     "render_table",
     "rule_text",
     "skipped_document",
+    "sparkline",
 ]
 
 NOW_ENV = "KF_CKPT_NOW_S"
@@ -229,3 +232,33 @@ _RULE_TEXT = {
 def rule_text(rule: str) -> str:
     """How ``show`` names the rule that chose a checkpoint's model part."""
     return _RULE_TEXT.get(str(rule), str(rule))
+
+
+_SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: Iterable[float | None]) -> str:
+    """One block character per value, scaled between the row's own min and max.
+
+    Undefined values (None, NaN, Inf) are blanks: ``[None, 0.5, 0.1, 0.05]`` -> `` █▂▁``; a
+    constant row is flat, at the bottom when it is all zeros.
+    """
+    cells = [v if v is not None and math.isfinite(v) else None for v in values]
+    known = [v for v in cells if v is not None]
+    if not known:
+        return " " * len(cells)
+    low, high = min(known), max(known)
+    span = high - low
+    top = len(_SPARKS) - 1
+    flat = 0 if high == 0 else top // 2
+    return "".join(
+        " " if v is None else _SPARKS[round((v - low) / span * top) if span else flat]
+        for v in cells
+    )
+
+
+def human_float(value: float | None, digits: int = 4) -> str:
+    """``0.01235``, ``1.235e+04``, ``nan``; ``-`` for None (undefined)."""
+    if value is None:
+        return "-"
+    return f"{value:.{digits}g}"

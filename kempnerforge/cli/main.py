@@ -27,6 +27,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "mark": ("kempnerforge.cli.mark", "mark", "Record an existing root's milestones and policy."),
     "show": ("kempnerforge.cli.show", "show", "List a checkpoint's tensors from its metadata."),
     "export": ("kempnerforge.cli.export", "export", "Export model weights as safetensors."),
+    "stats": ("kempnerforge.cli.stats", "stats", "Per-tensor statistics of a checkpoint."),
+    "diff": ("kempnerforge.cli.diff", "diff", "How far the weights moved between checkpoints."),
+    "trace": ("kempnerforge.cli.trace", "trace", "Weight norms and changes across checkpoints."),
 }
 
 

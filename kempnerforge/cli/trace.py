@@ -1,0 +1,135 @@
+"""``kf-ckpt trace``: weight norms and relative changes across a run's checkpoints.
+
+Thin: parse, call :func:`kempnerforge.checkpoint.export.trace.trace_checkpoints`, render a table
+with sparklines (or JSON, or CSV), and draw the figure with
+:func:`kempnerforge.checkpoint.export.trace_plot.plot_trace` when asked. torch is imported only
+when the command runs, matplotlib only with --plot.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import click
+
+from kempnerforge.cli._inspect import echo_notes, inspect_options, progress_bar
+from kempnerforge.cli._render import echo_json, human_float, render_table, sparkline
+
+__all__ = ["trace"]
+
+
+def _steps(ctx: click.Context, param: click.Parameter, value: str) -> str | list[int]:
+    text = value.strip()
+    if text in ("all", "milestones"):
+        return text
+    try:
+        steps = [int(part) for part in text.split(",")]
+    except ValueError:
+        steps = []
+    if not steps or any(s < 0 for s in steps):
+        raise click.BadParameter(f"{value!r} is not 'all', 'milestones' or steps like 0,1,2,4")
+    return steps
+
+
+@click.command()
+@click.argument("root", type=click.Path(path_type=str))
+@click.option(
+    "--steps",
+    default="all",
+    show_default=True,
+    callback=_steps,
+    metavar="all|milestones|N,M,...",
+    help="Which complete checkpoints: all, the window's milestones, or a list of steps.",
+)
+@click.option(
+    "--depth",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Group tensors by their first K dotted name components (default: one per tensor).",
+)
+@inspect_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV: one line per (step, group).")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE.png|FILE.svg",
+    help="Also draw norms and relative changes against the step (needs kempnerforge[plot]).",
+)
+def trace(
+    root: str,
+    steps: str | list[int],
+    depth: int | None,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    as_json: bool,
+    as_csv: bool,
+    plot: Path | None,
+) -> None:
+    """Trace weight norms and relative changes across the checkpoints of ROOT.
+
+    Over the selected complete checkpoints in step order, per group and for the whole model:
+    the L2 norm at each step, and the relative change from the previous selected step,
+    |θ_i - θ_i-1| / |θ_i-1|. Each checkpoint is read once and memory stays at about two
+    batches, whatever the number of checkpoints. Incomplete checkpoints are skipped with a note.
+    """
+    if as_json and as_csv:
+        raise click.UsageError("--json and --csv are exclusive: pick one output format")
+    if plot is not None:  # fail before reading anything
+        from kempnerforge.checkpoint.export.trace_plot import check_plot_path, require_matplotlib
+
+        check_plot_path(plot)
+        require_matplotlib()
+    from kempnerforge.checkpoint.export.trace import trace_checkpoints
+
+    with progress_bar("reading") as progress:
+        result = trace_checkpoints(
+            root, steps=steps, depth=depth, include=include, exclude=exclude, progress=progress
+        )
+    echo_notes(result.notes)
+    if plot is not None:
+        from kempnerforge.checkpoint.export.trace_plot import plot_trace
+
+        plot_trace(result, plot)
+        click.echo(f"kf-ckpt: wrote {plot}", err=True)
+    if as_json:
+        echo_json(result.to_json())
+        return
+    if as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(("step", "name", "l2", "rel_change"))
+        for step, name, l2, rel in result.csv_rows():
+            writer.writerow((step, name, _csv(l2), _csv(rel)))
+        return
+    first, last = result.steps[0], result.steps[-1]
+    rows = []
+    for row in (*result.rows, result.total):
+        changes = row.rel_change[1:]
+        known = [(v, s) for v, s in zip(changes, result.steps[1:], strict=True) if v is not None]
+        peak = max(known, default=None, key=lambda vs: vs[0])
+        rows.append(
+            (
+                row.name,
+                human_float(row.l2[0]),
+                human_float(row.l2[-1]),
+                sparkline(changes),
+                human_float(peak[0]) if peak else "-",
+                "-" if peak is None else peak[1],
+            )
+        )
+    headers = (
+        "name", f"l2@{first}", f"l2@{last}", "rel change", "max change", "at step",
+    )  # fmt: skip
+    marks = set(result.milestones)
+    listed = " ".join(f"{s}*" if s in marks else str(s) for s in result.steps)
+    click.echo(f"{result.root}: {len(result.steps)} checkpoints, steps {listed}")
+    click.echo(render_table(rows, headers, "lrrlrr"))
+    if marks:
+        click.echo("* milestone of the checkpoint window")
+
+
+def _csv(value: float | None) -> str:
+    return "" if value is None else repr(value)
