@@ -80,10 +80,12 @@ class TraceResult:
         }
 
     def csv_rows(self) -> Iterator[tuple[int, str, float | None, float | None]]:
-        """``(step, group, l2, rel_change)`` for every step and group, the total named ``total``."""
+        """``(step, group, l2, rel_change)`` for every step and group, the total named ``total``.
+
+        None where undefined; NaN and Inf are kept (CSV, unlike JSON, can carry them)."""
         for i, step in enumerate(self.steps):
             for row in (*self.rows, self.total):
-                yield step, row.name, finite_or_none(row.l2[i]), finite_or_none(row.rel_change[i])
+                yield step, row.name, row.l2[i], row.rel_change[i]
 
 
 def _series(row: TraceRow) -> dict[str, list[float | None]]:

@@ -64,6 +64,7 @@ def plot_trace(result: TraceResult, path: str | Path, *, top_k: int = DEFAULT_TO
     path = Path(path)
     check_plot_path(path)
     require_matplotlib()
+    from matplotlib import rc_context
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(10, 7), layout="constrained")
@@ -97,7 +98,9 @@ def plot_trace(result: TraceResult, path: str | Path, *, top_k: int = DEFAULT_TO
     ax_norm.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     try:
-        fig.savefig(tmp, format=path.suffix.lower().lstrip("."), dpi=150)
+        # SVG text stays text (searchable, small) rather than glyph outlines.
+        with rc_context({"svg.fonttype": "none"}):
+            fig.savefig(tmp, format=path.suffix.lower().lstrip("."), dpi=150)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
