@@ -9,6 +9,7 @@ when the command runs, matplotlib only with --plot.
 from __future__ import annotations
 
 import csv
+import math
 import sys
 from pathlib import Path
 
@@ -108,7 +109,11 @@ def trace(
     rows = []
     for row in (*result.rows, result.total):
         changes = row.rel_change[1:]
-        known = [(v, s) for v, s in zip(changes, result.steps[1:], strict=True) if v is not None]
+        known = [
+            (v, s)
+            for v, s in zip(changes, result.steps[1:], strict=True)
+            if v is not None and math.isfinite(v)
+        ]
         peak = max(known, default=None, key=lambda vs: vs[0])
         rows.append(
             (
