@@ -77,8 +77,7 @@ def test_stats_table_and_nonfinite_health_check(root: Path) -> None:
     code, out, err = _run("stats", str(root), "--step", "0", "--fail-on-nonfinite")
     assert (code, out) == (1, STATS_TABLE.format(root=root))
     assert err == (
-        f"kf-ckpt: error: {root}/step_0 holds 1 NaN and 1 Inf values; "
-        "see the nan and inf columns\n"
+        f"kf-ckpt: error: {root}/step_0 holds 1 NaN and 1 Inf values; see the nan and inf columns\n"
     )
     code, out, err = _run("stats", str(root), "--fail-on-nonfinite", "--json")  # newest: step 2
     document = json.loads(out)
@@ -123,7 +122,11 @@ def test_diff_table_lists_and_order(root: Path) -> None:
     document = json.loads(out)
     assert [r["name"] for r in document["rows"]] == ["layers.1.w"]
     assert document["total"]["l2_diff"] == pytest.approx(math.sqrt(6))
-    assert (document["only_in_a"], document["only_in_b"], document["shape_mismatch"]) == ([], [], [])
+    assert (document["only_in_a"], document["only_in_b"], document["shape_mismatch"]) == (
+        [],
+        [],
+        [],
+    )
 
 
 TRACE_TABLE = """\
@@ -168,16 +171,44 @@ def test_trace_plot_from_the_command_line(root: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["stats", "{tmp}/missing"], 2, "kf-ckpt: error: {tmp}/missing does not exist; pass a checkpoint root or a step_<N> dir\n"),
-        (["stats", "{root}", "--step", "7"], 2, "kf-ckpt: error: no checkpoint for step 7 under {root}; run 'kf-ckpt ls {root}'\n"),
-        (["stats", "{root}", "--include", "nothing*"], 2, "kf-ckpt: error: include 'nothing*' selects none of the 5 model tensors of {root}/step_2; see their names with 'kf-ckpt show {root}/step_2'\n"),
+        (
+            ["stats", "{tmp}/missing"],
+            2,
+            "kf-ckpt: error: {tmp}/missing does not exist; pass a checkpoint root or a step_<N> dir\n",
+        ),
+        (
+            ["stats", "{root}", "--step", "7"],
+            2,
+            "kf-ckpt: error: no checkpoint for step 7 under {root}; run 'kf-ckpt ls {root}'\n",
+        ),
+        (
+            ["stats", "{root}", "--include", "nothing*"],
+            2,
+            "kf-ckpt: error: include 'nothing*' selects none of the 5 model tensors of {root}/step_2; see their names with 'kf-ckpt show {root}/step_2'\n",
+        ),
         (["diff", "{root}"], 2, None),
-        (["diff", "{root}", "--from", "0", "--to", "5"], 2, "kf-ckpt: error: no checkpoint for step 5 under {root}; run 'kf-ckpt ls {root}'\n"),
+        (
+            ["diff", "{root}", "--from", "0", "--to", "5"],
+            2,
+            "kf-ckpt: error: no checkpoint for step 5 under {root}; run 'kf-ckpt ls {root}'\n",
+        ),
         (["trace", "{root}", "--json", "--csv"], 2, None),
         (["trace", "{root}", "--steps", "1,x"], 2, None),
-        (["trace", "{root}", "--steps", "3"], 2, "kf-ckpt: error: no checkpoint for step 3 under {root}; run 'kf-ckpt ls {root}'\n"),
-        (["trace", "{root}", "--plot", "{tmp}/t.pdf"], 2, "kf-ckpt: error: plot file {tmp}/t.pdf must end in .png or .svg\n"),
-        (["trace", "{tmp}/missing"], 2, "kf-ckpt: error: checkpoint root {tmp}/missing does not exist; check checkpoint.dir or the DIR argument\n"),
+        (
+            ["trace", "{root}", "--steps", "3"],
+            2,
+            "kf-ckpt: error: no checkpoint for step 3 under {root}; run 'kf-ckpt ls {root}'\n",
+        ),
+        (
+            ["trace", "{root}", "--plot", "{tmp}/t.pdf"],
+            2,
+            "kf-ckpt: error: plot file {tmp}/t.pdf must end in .png or .svg\n",
+        ),
+        (
+            ["trace", "{tmp}/missing"],
+            2,
+            "kf-ckpt: error: checkpoint root {tmp}/missing does not exist; check checkpoint.dir or the DIR argument\n",
+        ),
     ],
 )
 def test_bad_input_exit_codes(

@@ -62,7 +62,9 @@ def _expected(steps: tuple[int, ...], members: list[str]) -> tuple[list, list]:
 
 def _assert_series(actual: list, expected: list, name: str) -> None:
     assert len(actual) == len(expected), name
-    bad = [(i, a, e) for i, (a, e) in enumerate(zip(actual, expected, strict=True)) if not close(a, e)]
+    bad = [
+        (i, a, e) for i, (a, e) in enumerate(zip(actual, expected, strict=True)) if not close(a, e)
+    ]
     assert not bad, f"{name}: {bad}"
 
 
@@ -74,7 +76,9 @@ def test_norms_and_changes_match_torch(run_root: Path, depth: int | None) -> Non
     names = list(_model(6))
     groups: dict[str, list[str]] = {}
     for name in names:
-        groups.setdefault(name if depth is None else ".".join(name.split(".")[:depth]), []).append(name)
+        groups.setdefault(name if depth is None else ".".join(name.split(".")[:depth]), []).append(
+            name
+        )
     document = result.to_json()
     assert [r["name"] for r in document["rows"]] == list(groups)
     for row in document["rows"]:
@@ -153,10 +157,13 @@ def test_pipeline_staged_sources(tmp_path: Path) -> None:
         for k, names in enumerate([first, set(state["model"]) - first]):
             dcp_save({"model": {n: t for n, t in state["model"].items() if n in names}},
                      root / f"step_{step}" / f"pp{k}")  # fmt: skip
-        (root / f"step_{step}" / "metadata.json").write_text('{"step": %d, "pp_stages": 2}' % step)
+        metadata = json.dumps({"step": step, "pp_stages": 2})
+        (root / f"step_{step}" / "metadata.json").write_text(metadata)
     result = trace_checkpoints(root, depth=1)
     names = list(weights[0])
-    _assert_series(list(result.total.l2), [float(flat64(weights[s], names).norm()) for s in (0, 1)], "l2")
+    _assert_series(
+        list(result.total.l2), [float(flat64(weights[s], names).norm()) for s in (0, 1)], "l2"
+    )
     moved = float((flat64(weights[1], names) - flat64(weights[0], names)).norm())
     assert close(result.total.rel_change[1], moved / float(flat64(weights[0], names).norm()))
 
@@ -178,7 +185,11 @@ def test_plot_files(run_root: Path, tmp_path: Path, suffix: str) -> None:
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
     else:
         text = data.decode()
-        assert text.lstrip().startswith("<?xml") and "<svg" in text and text.rstrip().endswith("</svg>")
+        assert (
+            text.lstrip().startswith("<?xml")
+            and "<svg" in text
+            and text.rstrip().endswith("</svg>")
+        )
         # The legend names the top groups, the others in one entry, the whole model, milestones.
         for label in ("layers.0", "layers.1", "other groups (2)", "total", "window milestone"):
             assert f">{label}<" in text, label
