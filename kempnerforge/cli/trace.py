@@ -12,6 +12,7 @@ import csv
 import math
 import sys
 from pathlib import Path
+from typing import Literal
 
 import click
 
@@ -21,10 +22,15 @@ from kempnerforge.cli._render import echo_json, human_float, render_table, spark
 __all__ = ["trace"]
 
 
-def _steps(ctx: click.Context, param: click.Parameter, value: str) -> str | list[int]:
+StepsOption = Literal["all", "milestones"] | list[int]
+
+
+def _steps(ctx: click.Context, param: click.Parameter, value: str) -> StepsOption:
     text = value.strip()
-    if text in ("all", "milestones"):
-        return text
+    if text == "all":
+        return "all"
+    if text == "milestones":
+        return "milestones"
     try:
         steps = [int(part) for part in text.split(",")]
     except ValueError:
@@ -62,7 +68,7 @@ def _steps(ctx: click.Context, param: click.Parameter, value: str) -> str | list
 )
 def trace(
     root: str,
-    steps: str | list[int],
+    steps: StepsOption,
     depth: int | None,
     include: tuple[str, ...],
     exclude: tuple[str, ...],
