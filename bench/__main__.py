@@ -11,7 +11,7 @@ import importlib
 import sys
 import time
 
-MODULES = ["store", "cli", "manager", "retention", "export"]
+MODULES = ["store", "cli", "manager", "retention", "export", "inspect"]
 
 
 def main(argv: list[str]) -> int:

@@ -5,7 +5,8 @@
 3. resume, and check that every resumed loss equals the reference run's bit for bit;
 4. look at the checkpoints and free space with ``kf-ckpt ls``, ``gc --dry-run`` and ``gc``;
 5. size a long run with ``kf-ckpt plan``;
-6. export the weights with ``kf-ckpt export``, and load them back into a model.
+6. export the weights with ``kf-ckpt export``, and load them back into a model;
+7. study how the weights moved over the kept checkpoints with ``kf-ckpt trace``, and draw it.
 
 Everything is written under ``--out`` (default ``demo-output/``, git-ignored). Running the demo
 again replaces what an earlier demo wrote there, and refuses to touch a directory it did not
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -42,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 JOB = HERE / "job.toml"
 MARKER = ".kempnerforge-demo"
 SUBDIRS = ("reference", "run", "export", "losses")
+FIGURE = "trace.png"
 
 
 class DemoError(Exception):
@@ -79,7 +82,7 @@ def prepare_out(out: Path) -> None:
                 f"--out {out} is not empty and was not written by the demo; pick another --out "
                 "(the demo only ever clears its own output)"
             )
-        for name in SUBDIRS:
+        for name in (*SUBDIRS, FIGURE):
             target = out / name
             if target.is_symlink() or target.is_file():
                 target.unlink()
@@ -401,9 +404,23 @@ def run(args: argparse.Namespace) -> None:
     )
     check_export(out, args)
 
+    heading(
+        10,
+        "kf-ckpt trace",
+        "What the kept checkpoints are for: how the weights moved early in training. trace "
+        "reads each checkpoint once (model part only, in bounded batches) and gives, per layer "
+        "(--depth 2) and for the whole model, the weight norm at each step and the relative "
+        "change since the previous kept step; * marks the window's milestones.",
+    )
+    plot = importlib.util.find_spec("matplotlib") is not None
+    figure = ["--plot", shown(out / FIGURE)] if plot else []
+    kf_ckpt("trace", shown(out / "run"), "--depth", "2", *figure)
+    if not plot:
+        say("(No figure: matplotlib is not installed; pip install 'kempnerforge[plot]'.)")
+
     print(
-        f"\nDemo finished in {time.monotonic() - started:.0f} s. Checkpoints, losses and the "
-        f"export are in {shown(out)}/."
+        f"\nDemo finished in {time.monotonic() - started:.0f} s. Checkpoints, losses, the "
+        f"export{' and the trace figure' if plot else ''} are in {shown(out)}/."
     )
 
 

@@ -62,7 +62,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert done.returncode == 0, log
 
     # Every stage ran, through the installed script.
-    for command in ("ls", "gc", "plan", "export"):
+    for command in ("ls", "gc", "plan", "export", "trace"):
         assert f"$ kf-ckpt {command} " in done.stdout, command
     assert "simulating a crash: SIGKILL" in done.stdout
     assert "29 of 29 exported tensors" in done.stdout
@@ -93,6 +93,10 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert (out / "export" / "model.safetensors").is_file()
     assert not list((out / "export").glob("*.tmp*"))
 
+    # The demo ends with a trace of the kept checkpoints and its figure next to the output.
+    assert f"{out / 'run'}: 5 checkpoints, steps 1* 2* 4* 8* 60" in done.stdout
+    assert (out / "trace.png").read_bytes().startswith(b"\x89PNG")
+
 
 def test_demo_refuses_an_out_dir_it_did_not_create(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -110,6 +114,7 @@ def test_demo_clears_only_its_own_earlier_output(tmp_path: Path) -> None:
     demo.prepare_out(tmp_path)
     for name in ("run", "reference", "export"):
         (tmp_path / name / "step_1").mkdir(parents=True)
+    (tmp_path / demo.FIGURE).write_bytes(b"old figure")
     (tmp_path / "notes.txt").write_text("mine")
     demo.prepare_out(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [demo.MARKER, "losses", "notes.txt"]
