@@ -6,10 +6,15 @@ Thin: parse, call :func:`kempnerforge.checkpoint.export.diff.diff_checkpoints`, 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from kempnerforge.cli._inspect import echo_notes, inspect_options, progress_bar
 from kempnerforge.cli._render import echo_json, human_float, render_table
+
+if TYPE_CHECKING:
+    from kempnerforge.checkpoint.export.diff import DiffRow
 
 __all__ = ["diff"]
 
@@ -107,6 +112,6 @@ def diff(
         click.echo(f"shape mismatch: {m.name} {list(m.shape_a)} in A, {list(m.shape_b)} in B")
 
 
-def _cells(row: object) -> tuple[str, ...]:
-    keys = ("l2_a", "l2_b", "l2_diff", "rel_diff", "cosine", "max_abs_diff")
-    return (getattr(row, "name"), *(human_float(getattr(row, k)) for k in keys))  # noqa: B009
+def _cells(row: DiffRow) -> tuple[str, ...]:
+    numbers = (row.l2_a, row.l2_b, row.l2_diff, row.rel_diff, row.cosine, row.max_abs_diff)
+    return (row.name, *map(human_float, numbers))

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from kempnerforge.checkpoint.export._stream import (
+    CHUNK_NUMEL,
     DEFAULT_INSPECT_BATCH_BYTES,
     ByteProgress,
     finite_or_none,
@@ -157,8 +158,8 @@ def checkpoint_stats(
         loaded = load_batch(source.part, batch)
         for entry in batch:
             tensor = loaded.pop(entry.name)
-            if buffer.numel() < min(tensor.numel(), 2**20):
-                buffer = torch.empty(min(tensor.numel(), 2**20), dtype=torch.float64)
+            if buffer.numel() < min(tensor.numel(), CHUNK_NUMEL):
+                buffer = torch.empty(min(tensor.numel(), CHUNK_NUMEL), dtype=torch.float64)
             results.append(tensor_stats(entry.name, tensor, buffer))
             del tensor
         bar.add(sum(e.size_bytes for e in batch))
