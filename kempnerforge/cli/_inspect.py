@@ -20,13 +20,13 @@ def inspect_options(fn: F) -> F:
         "--exclude",
         multiple=True,
         metavar="GLOB",
-        help="Leave out tensors whose dotted name matches, e.g. '*.bias' (repeatable).",
+        help="Leave out tensors whose dotted name matches GLOB, e.g. embed.* (repeatable).",
     )(fn)
     fn = click.option(
         "--include",
         multiple=True,
         metavar="GLOB",
-        help="Only tensors whose dotted name matches, e.g. 'layers.*' (repeatable).",
+        help="Only tensors whose dotted name matches GLOB, e.g. layers.* (repeatable).",
     )(fn)
     return fn
 

@@ -80,7 +80,7 @@ def trace(
 
     Over the selected complete checkpoints in step order, per group and for the whole model:
     the L2 norm at each step, and the relative change from the previous selected step,
-    |θ_i - θ_i-1| / |θ_i-1|. Each checkpoint is read once and memory stays at about two
+    ‖θᵢ − θᵢ₋₁‖ / ‖θᵢ₋₁‖. Each checkpoint is read once and memory stays at about two
     batches, whatever the number of checkpoints. Incomplete checkpoints are skipped with a note.
     """
     if as_json and as_csv:

@@ -2,7 +2,7 @@
 
 ``kf-ckpt diff`` renders :func:`diff_checkpoints`. For every tensor present in both checkpoints
 with the same shape it accumulates, in float64 slices, ‖A‖², ‖B‖², ‖B − A‖², ⟨A, B⟩ and
-max |B − A|. Groups (the first ``depth`` dotted components of the names) add those sums, so a
+``max |B − A|``. Groups (the first ``depth`` dotted components of the names) add those sums, so a
 group's numbers are exact: the same as for its tensors concatenated into one vector. Tensors only
 in A, only in B, or of different shapes are listed, never dropped silently. One batch of each
 side is in memory at a time.
@@ -117,6 +117,8 @@ class DiffRow:
 
 @dataclass(frozen=True, kw_only=True)
 class ShapeMismatch:
+    """A tensor present in both checkpoints with different shapes (not compared)."""
+
     name: str
     shape_a: tuple[int, ...]
     shape_b: tuple[int, ...]
