@@ -1,34 +1,15 @@
-"""Options and progress shared by the inspection commands (``stats``, ``diff``, ``trace``)."""
+"""Progress and notes shared by the inspection commands (``stats``, ``diff``, ``trace``)."""
 
 from __future__ import annotations
 
 import contextlib
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-__all__ = ["echo_notes", "inspect_options", "progress_bar"]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def inspect_options(fn: F) -> F:
-    """Repeatable ``--include GLOB`` / ``--exclude GLOB`` on dotted tensor names."""
-    fn = click.option(
-        "--exclude",
-        multiple=True,
-        metavar="GLOB",
-        help="Leave out tensors whose dotted name matches GLOB, e.g. embed.* (repeatable).",
-    )(fn)
-    fn = click.option(
-        "--include",
-        multiple=True,
-        metavar="GLOB",
-        help="Only tensors whose dotted name matches GLOB, e.g. layers.* (repeatable).",
-    )(fn)
-    return fn
+__all__ = ["echo_notes", "progress_bar", "step_note"]
 
 
 @contextlib.contextmanager
@@ -58,3 +39,8 @@ def echo_notes(notes: tuple[str, ...] | list[str]) -> None:
     """Each note as ``kf-ckpt: note: ...`` on stderr."""
     for note in notes:
         click.echo(f"kf-ckpt: note: {note}", err=True)
+
+
+def step_note(step: int | None) -> str:
+    """`` (step 64)`` after a checkpoint's path; nothing for a checkpoint with no step."""
+    return "" if step is None else f" (step {step})"

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from kempnerforge.cli._inspect import echo_notes, inspect_options, progress_bar
+from kempnerforge.cli._inspect import echo_notes, progress_bar, step_note
+from kempnerforge.cli._options import selection_options
 from kempnerforge.cli._render import echo_json, human_float, render_table
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ __all__ = ["diff"]
     help="Row order: largest relative change first, or by name.",
 )
 @click.option("--top", type=click.IntRange(min=1), default=None, help="Show only the first N rows.")
-@inspect_options
+@selection_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
 def diff(
     a: str,
@@ -96,8 +97,8 @@ def diff(
     if as_json:
         echo_json(result.to_json())
         return
-    click.echo(f"A: {result.path_a} (step {result.step_a})")
-    click.echo(f"B: {result.path_b} (step {result.step_b})")
+    click.echo(f"A: {result.path_a}{step_note(result.step_a)}")
+    click.echo(f"B: {result.path_b}{step_note(result.step_b)}")
     headers = ("name", "l2_a", "l2_b", "l2_diff", "rel_diff", "cosine", "max_abs_diff")
     rows = [_cells(row) for row in (*result.rows, result.total)]
     click.echo(render_table(rows, headers, "l" + "r" * 6))

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import click
 
-from kempnerforge.cli._inspect import echo_notes, inspect_options, progress_bar
+from kempnerforge.cli._inspect import echo_notes, progress_bar, step_note
+from kempnerforge.cli._options import selection_options
 from kempnerforge.cli._render import echo_json, human_float, render_table
 
 __all__ = ["stats"]
@@ -22,7 +23,7 @@ __all__ = ["stats"]
     default=None,
     help="Step of a root to read (default: the newest complete).",
 )
-@inspect_options
+@selection_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
 @click.option(
     "--fail-on-nonfinite",
@@ -67,7 +68,7 @@ def stats(
         ]
         headers = ("name", "shape", "dtype", "l2_norm", "mean", "std", "min", "max", "abs_max",
                    "nan", "inf", "zeros")  # fmt: skip
-        click.echo(f"{result.source} (step {result.step})")
+        click.echo(f"{result.source}{step_note(result.step)}")
         click.echo(render_table(rows, headers, "lll" + "r" * 9))
         total = result.total
         click.echo(

@@ -16,7 +16,8 @@ from typing import Literal
 
 import click
 
-from kempnerforge.cli._inspect import echo_notes, inspect_options, progress_bar
+from kempnerforge.cli._inspect import echo_notes, progress_bar
+from kempnerforge.cli._options import selection_options
 from kempnerforge.cli._render import echo_json, human_float, render_table, sparkline
 
 __all__ = ["trace"]
@@ -56,7 +57,7 @@ def _steps(ctx: click.Context, param: click.Parameter, value: str) -> StepsOptio
     default=None,
     help="Group tensors by their first K dotted name components (default: one per tensor).",
 )
-@inspect_options
+@selection_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV: one line per (step, group).")
 @click.option(

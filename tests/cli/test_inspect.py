@@ -174,7 +174,7 @@ def test_trace_plot_from_the_command_line(root: Path, tmp_path: Path) -> None:
         (
             ["stats", "{tmp}/missing"],
             2,
-            "kf-ckpt: error: {tmp}/missing does not exist; pass a checkpoint root or a step_<N> dir\n",
+            "kf-ckpt: error: {tmp}/missing does not exist; pass a checkpoint root or a checkpoint directory\n",
         ),
         (
             ["stats", "{root}", "--step", "7"],
@@ -183,8 +183,8 @@ def test_trace_plot_from_the_command_line(root: Path, tmp_path: Path) -> None:
         ),
         (
             ["stats", "{root}", "--include", "nothing*"],
-            2,
-            "kf-ckpt: error: include 'nothing*' selects none of the 5 model tensors of {root}/step_2; see their names with 'kf-ckpt show {root}/step_2'\n",
+            1,
+            "kf-ckpt: error: no model tensors selected in {root}/step_2 by the include patterns (nothing*); top-level groups found: model (5 tensors), optimizer (4 tensors); select the model with include patterns on these dotted names\n",
         ),
         (["diff", "{root}"], 2, None),
         (

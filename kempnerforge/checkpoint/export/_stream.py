@@ -9,7 +9,6 @@ working memory is a few MiB whatever the tensor size.
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ __all__ = [
     "load_batch",
     "open_source",
     "plan_batches",
-    "select_entries",
+    "source_of",
     "stored_dtypes",
 ]
 
@@ -61,46 +60,13 @@ class Source:
         return self.part.step_dir
 
     @property
-    def step(self) -> int:
+    def step(self) -> int | None:
+        """The step recorded in (or named by) the checkpoint; None for an unnamed one."""
         return self.part.step
 
     @property
     def size_bytes(self) -> int:
         return sum(e.size_bytes for e in self.entries)
-
-
-def select_entries(
-    part: ModelPart, include: Sequence[str] = (), exclude: Sequence[str] = ()
-) -> tuple[TensorEntry, ...]:
-    """The model tensors of ``part`` whose dotted names match an ``include`` glob (all, when
-    there is none) and no ``exclude`` glob.
-
-    Complex tensors are left out (with a note in :func:`open_source`): their norms and means are
-    not what these statistics describe.
-
-    Raises:
-        ConfigError: the globs select none of the tensors.
-    """
-    chosen = tuple(
-        e
-        for e in part.tensors
-        if (not include or any(fnmatch.fnmatchcase(e.name, g) for g in include))
-        and not any(fnmatch.fnmatchcase(e.name, g) for g in exclude)
-        and not e.dtype.is_complex
-    )
-    if not chosen:
-        if not part.tensors:
-            raise ExportError(
-                f"{part.step_dir} holds no model tensors (no state-dict entries under 'model'); "
-                f"see 'kf-ckpt show {part.step_dir}'"
-            )
-        globs = [f"include {g!r}" for g in include] + [f"exclude {g!r}" for g in exclude]
-        raise ConfigError(
-            f"{', '.join(globs) or 'the selection'} selects none of the {len(part.tensors)} "
-            f"model tensors of {part.step_dir}; see their names with 'kf-ckpt show "
-            f"{part.step_dir}'"
-        )
-    return chosen
 
 
 def open_source(
@@ -116,23 +82,35 @@ def open_source(
     Raises:
         CheckpointRootError, CheckpointNotFoundError: ``src``/``step`` name no checkpoint.
         CorruptCheckpointError: the checkpoint is incomplete or its metadata is unreadable.
-        ConfigError: the globs select nothing.
+        ExportError: the selection (the model part, or the patterns) leaves no tensor.
     """
-    part = plan_model_part(resolve_checkpoint(src, step))
-    return source_of(part, include, exclude)
+    return source_of(resolve_checkpoint(src, step), include, exclude)
 
 
 def source_of(
-    part: ModelPart, include: Sequence[str] = (), exclude: Sequence[str] = ()
+    step_dir: Path, include: Sequence[str] = (), exclude: Sequence[str] = ()
 ) -> tuple[Source, tuple[str, ...]]:
-    """:func:`open_source` for an already planned model part."""
-    entries = select_entries(part, include, exclude)
+    """The model part of the checkpoint in ``step_dir``, as export selects it.
+
+    The selection is export's (:func:`plan_model_part`: the ``model`` group, else everything
+    outside the known non-model groups; ``include`` patterns instead of that rule, ``exclude``
+    patterns removed). Complex tensors are left out with a note: their norms and means are not
+    what these statistics describe.
+
+    Raises:
+        CorruptCheckpointError: a ``.metadata`` file cannot be read.
+        ExportError: the selection leaves no tensor.
+    """
+    part = plan_model_part(step_dir, include=include, exclude=exclude)
+    entries = tuple(e for e in part.tensors if not e.dtype.is_complex)
     notes = list(part.notes)
     notes += [
         f"skipped complex tensor {e.name!r} (step {part.step})"
         for e in part.tensors
         if e.dtype.is_complex
     ]
+    if not entries:
+        raise ExportError(f"{part.step_dir} holds only complex model tensors; nothing to describe")
     return Source(part=part, entries=entries), tuple(notes)
 
 

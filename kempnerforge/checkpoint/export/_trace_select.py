@@ -27,8 +27,9 @@ __all__ = ["ChosenSteps", "select_steps"]
 @dataclass(frozen=True, kw_only=True)
 class ChosenSteps:
     root: Path
+    steps: tuple[int, ...]
     paths: tuple[Path, ...]
-    """Complete checkpoints to read, in step order."""
+    """Complete checkpoints to read, in step order (one per step)."""
     milestones: tuple[int, ...]
     """Those of them that are milestones of the run's window."""
     notes: tuple[str, ...]
@@ -74,19 +75,27 @@ def select_steps(root: Path, steps: str | Sequence[int]) -> ChosenSteps:
             )
         wanted = sorted(set(steps))
     paths: list[Path] = []
+    chosen: list[int] = []
     for step in wanted:
         path = found[step]
         status = check_complete(path, pp_stages=recorded_pp_stages(path))
         if status.complete:
             paths.append(path)
+            chosen.append(step)
         else:
             notes.append(f"skipped {path.name}: incomplete ({status.reason})")
     if not paths:
         raise CheckpointNotFoundError(
             f"none of the selected checkpoints under {root} is complete; run 'kf-ckpt ls {root}'"
         )
-    milestones = tuple(s for s in wanted if found[s] in paths and milestone(s, found[s]))
-    return ChosenSteps(root=root, paths=tuple(paths), milestones=milestones, notes=tuple(notes))
+    milestones = tuple(s for s in chosen if milestone(s, found[s]))
+    return ChosenSteps(
+        root=root,
+        steps=tuple(chosen),
+        paths=tuple(paths),
+        milestones=milestones,
+        notes=tuple(notes),
+    )
 
 
 def _milestone_rule(root: Path, notes: list[str]) -> Callable[[int, Path], bool]:

@@ -129,9 +129,9 @@ class DiffResult:
     """What :func:`diff_checkpoints` found."""
 
     path_a: Path
-    step_a: int
+    step_a: int | None
     path_b: Path
-    step_b: int
+    step_b: int | None
     rows: tuple[DiffRow, ...]
     """Sorted and cut as asked; ``total`` covers every matched tensor regardless."""
     total: DiffRow

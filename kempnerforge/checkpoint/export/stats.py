@@ -73,7 +73,8 @@ class CheckpointStats:
     """What :func:`checkpoint_stats` found in one checkpoint."""
 
     source: Path
-    step: int
+    step: int | None
+    """The step recorded in (or named by) the checkpoint; None for an unnamed one."""
     tensors: tuple[TensorStats, ...]
     total: StatsTotal
     notes: tuple[str, ...]

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import torch
 
-from kempnerforge.checkpoint.export._dcp_meta import TensorEntry, plan_model_part
+from kempnerforge.checkpoint.export._dcp_meta import TensorEntry
 from kempnerforge.checkpoint.export._stream import (
     CHUNK_NUMEL,
     DEFAULT_INSPECT_BATCH_BYTES,
@@ -135,7 +135,7 @@ def trace_checkpoints(
     notes = list(chosen.notes)
     sources: list[Source] = []
     for path in chosen.paths:
-        source, source_notes = source_of(plan_model_part(path), include, exclude)
+        source, source_notes = source_of(path, include, exclude)
         sources.append(source)
         notes += [n for n in source_notes if n not in notes]
     union: dict[str, TensorEntry] = {}
@@ -162,7 +162,7 @@ def trace_checkpoints(
         groups.setdefault(group_name(name, depth), []).append(name)
     return TraceResult(
         root=chosen.root,
-        steps=tuple(s.step for s in sources),
+        steps=chosen.steps,
         milestones=chosen.milestones,
         rows=tuple(_row(g, members, sq, dsq, n) for g, members in groups.items()),
         total=_row("total", names, sq, dsq, n),

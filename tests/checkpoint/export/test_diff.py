@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kempnerforge.checkpoint.export import diff_checkpoints
-from kempnerforge.errors import CheckpointNotFoundError, ConfigError
+from kempnerforge.errors import CheckpointNotFoundError, ConfigError, ExportError
 from tests.checkpoint.export._inspect import (
     close,
     edge_tensors,
@@ -118,5 +118,5 @@ def test_bad_arguments(pair_root: tuple[Path, dict, dict]) -> None:
         diff_checkpoints(root, root, step_a=10, step_b=30)
     with pytest.raises(ConfigError, match="group depth must be at least 1, got 0"):
         diff_checkpoints(root, root, step_a=10, step_b=20, depth=0)
-    with pytest.raises(ConfigError, match="exclude '\\*' selects none"):
+    with pytest.raises(ExportError, match="no model tensors selected"):
         diff_checkpoints(root, root, step_a=10, step_b=20, exclude=["*"])

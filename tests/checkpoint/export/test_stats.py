@@ -12,7 +12,6 @@ import torch
 from kempnerforge.checkpoint.export import checkpoint_stats
 from kempnerforge.errors import (
     CheckpointNotFoundError,
-    ConfigError,
     CorruptCheckpointError,
     ExportError,
 )
@@ -69,8 +68,12 @@ def test_include_and_exclude_narrow_the_tensors(edge_root: Path) -> None:
     assert [t.name for t in result.tensors] == [
         "layers.0.attn.weight", "layers.0.mlp.weight", "layers.1.attn.weight", "layers.1.poisoned",
     ]  # fmt: skip
-    with pytest.raises(ConfigError, match=r"include 'nothing\.\*' selects none of the 10"):
+    with pytest.raises(ExportError, match=r"no model tensors selected in .* \(nothing\.\*\)"):
         checkpoint_stats(edge_root, include=["nothing.*"])
+    # Patterns may name the full dotted path too, as export's do.
+    assert [t.name for t in checkpoint_stats(edge_root, include=["model.counts"]).tensors] == [
+        "counts"
+    ]
 
 
 def test_clean_checkpoint_is_finite(tmp_path: Path) -> None:
