@@ -13,6 +13,10 @@ baseline measured in the same run on the same machine, the two alternating round
   JSON document instead of the table).
 * ``help_startup``: ``kf-ckpt --help`` against ``python -c "import click"``. Target: at most
   1.5x.
+* ``plan_1e12``: ``kf-ckpt plan --max-steps 1000000000000 --json`` with an interval of 1 and
+  ``keep_last_n = 0`` (a trillion saves kept) against ``kf-ckpt --help``: the plan is computed
+  from the milestones and the kept saves, never save by save. Target: at most 1.5x (well under
+  a second).
 
 Both sides run with Python's bytecode cache, as an installed package does (pip compiles it at
 install time, and click's is in site-packages): the subprocesses get a private
@@ -43,6 +47,7 @@ from pathlib import Path
 
 from kempnerforge.checkpoint.store._scan_cache import RACY_WINDOW_S
 from kempnerforge.checkpoint.store.layout import CACHE_NAME
+from tests.checkpoint._trees import dcp_manifest
 
 N_CHECKPOINTS = 2000
 FILES_PER_CHECKPOINT = 20
@@ -82,6 +87,10 @@ def build_tree(root: Path) -> None:
     """2,000 complete checkpoints of 20 files (17 shards, .metadata, train_state, metadata.json)."""
     config = {"interval": 100, "keep_last_n": 3}
     shard = b"\0" * SHARD_BYTES
+    # A manifest naming every shard, as DCP writes it: ls checks each checkpoint in full.
+    manifest = dcp_manifest(
+        {f"__{k}_0.distcp": SHARD_BYTES for k in range(FILES_PER_CHECKPOINT - 3)}
+    )
     for i in range(1, N_CHECKPOINTS + 1):
         step = i * 100
         step_dir = root / f"step_{step}"
@@ -92,7 +101,7 @@ def build_tree(root: Path) -> None:
         (step_dir / "metadata.json").write_text(
             json.dumps({"step": step, "tokens_seen": step * 4096, "checkpoint": config})
         )
-        (step_dir / ".metadata").write_bytes(b"dcp")
+        (step_dir / ".metadata").write_bytes(manifest)
     os.symlink(f"step_{N_CHECKPOINTS * 100}", root / "latest")
 
 
@@ -179,6 +188,10 @@ def main() -> None:
         compare(
             "help_startup", help_cmd, click_cmd, "python -c 'import click'", ROUNDS_HELP, env=env
         )
+        plan = [kf_ckpt, "plan", "--max-steps", str(10**12), "--json", "--set", f"dir={tmp}"]
+        note = "10**12 steps, interval 1, keep_last_n 0: a trillion saves, summarised (< 1 s)"
+        plan += ["--set", "interval=1", "--set", "keep_last_n=0"]
+        compare("plan_1e12", plan, help_cmd, "kf-ckpt --help", ROUNDS_OTHER, env=env, note=note)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

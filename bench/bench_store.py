@@ -38,6 +38,7 @@ from kempnerforge.checkpoint.store.files import update_latest
 from kempnerforge.checkpoint.store.layout import CACHE_NAME, step_dir_name
 from kempnerforge.checkpoint.store.retention import RetentionPlan, plan_retention
 from kempnerforge.config.checkpoint import CheckpointConfig
+from tests.checkpoint._trees import dcp_manifest
 
 CHECKPOINTS = 2000
 SHARDS = 18  # + .metadata + metadata.json = 20 files per checkpoint
@@ -50,13 +51,16 @@ TARGET_APPLY = 1.3
 INTERVAL = 100
 
 
+_MANIFEST = dcp_manifest({f"__{i}_0.distcp": SHARD_BYTES for i in range(SHARDS)})
+
+
 def _write_checkpoint(root: Path, step: int) -> None:
     step_dir = root / step_dir_name(step)
     step_dir.mkdir()
     payload = bytes(SHARD_BYTES)
     for i in range(SHARDS):
         (step_dir / f"__{i}_0.distcp").write_bytes(payload)
-    (step_dir / ".metadata").write_bytes(payload)
+    (step_dir / ".metadata").write_bytes(_MANIFEST)
     document = {"step": step, "tokens_seen": step * 4096, "checkpoint": {"keep_last_n": 3}}
     (step_dir / "metadata.json").write_text(json.dumps(document))
 

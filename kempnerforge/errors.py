@@ -7,6 +7,8 @@ and what to do next.
 
 from __future__ import annotations
 
+import os
+
 __all__ = [
     "CheckpointNotFoundError",
     "CheckpointRootError",
@@ -19,13 +21,27 @@ __all__ = [
     "MissingExtraError",
     "OutputExistsError",
     "RetentionError",
+    "UnsafeOutputError",
     "VerifyError",
+    "describe_os_error",
 ]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_LOCK_BUSY = 75  # EX_TEMPFAIL: cron should retry later.
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``cannot write out/model.safetensors: No space left on device (ENOSPC)``: an OS error as
+    one line naming the path(s), the reason and the errno name."""
+    import errno
+
+    name = errno.errorcode.get(exc.errno or 0)
+    reason = exc.strerror or str(exc)
+    paths = [p for p in (exc.filename, exc.filename2) if p is not None]
+    where = " -> ".join(os.fsdecode(p) if isinstance(p, bytes) else str(p) for p in paths)
+    return f"{where + ': ' if where else ''}{reason}{f' ({name})' if name else ''}"
 
 
 class KempnerForgeError(Exception):
@@ -68,6 +84,13 @@ class RetentionError(KempnerForgeError):
 
 class OutputExistsError(KempnerForgeError, FileExistsError):
     """An output path exists and overwriting it was not asked for. Exit code 2."""
+
+    exit_code = EXIT_USAGE
+
+
+class UnsafeOutputError(KempnerForgeError, ValueError):
+    """An output path lies inside what a checkpoint root manages (a step dir, the trash, the
+    lock). Exit code 2."""
 
     exit_code = EXIT_USAGE
 

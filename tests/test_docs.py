@@ -33,6 +33,7 @@ from kempnerforge.config import (
     config_to_dict,
     load_config,
 )
+from tests.checkpoint._trees import dcp_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -208,7 +209,7 @@ def _worked_example(base: Path) -> None:
         with open(step_dir / "__0_0.distcp", "wb") as fh:
             fh.truncate((11 if killed else 26) * 10**9)
         if not killed:
-            (step_dir / ".metadata").write_bytes(b"dcp")
+            (step_dir / ".metadata").write_bytes(dcp_manifest({"__0_0.distcp": 26 * 10**9}))
         metadata = {
             "step": step,
             "tokens_seen": step * 4_194_304,

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from kempnerforge.cli._text import escape
 from kempnerforge.config.loader import config_to_dict
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ __all__ = [
     "config_document",
     "echo_json",
     "echo_warnings",
+    "escape",
     "human_age",
     "human_bytes",
     "human_count",
@@ -90,6 +92,7 @@ def human_count(n: int | None) -> str:
 _REASON_TEXT = {
     "latest": "latest",
     "milestone": "dynamic milestone",
+    "corrupt": "corrupt: never deleted automatically",
     "in_flight": "in flight: a save may be writing it",
     "unreadable": "unreadable: kept until it can be judged",
     "within_keep_last_n": "within keep_last_n={}",
@@ -109,9 +112,9 @@ def reason_text(reason: Reason, keep_last_n: int) -> str:
 
 
 def echo_warnings(lines: Iterable[str]) -> None:
-    """Each line as ``kf-ckpt: warning: ...`` on stderr."""
+    """Each line as ``kf-ckpt: warning: ...`` on stderr (control characters escaped)."""
     for line in lines:
-        click.echo(f"kf-ckpt: warning: {line}", err=True)
+        click.echo(f"kf-ckpt: warning: {escape(line)}", err=True)
 
 
 def echo_json(document: dict[str, Any]) -> None:
@@ -143,6 +146,11 @@ def catalog_warnings(catalog: Catalog) -> list[str]:
     for info in catalog.checkpoints:
         if info.warnings:
             lines += [f"{info.name}: {warning}" for warning in info.warnings]
+        if info.corrupt:
+            lines.append(
+                f"{info.name} is corrupt ({info.incomplete_reason}); it is never deleted "
+                f"automatically: inspect it, then remove it by hand (rm -r {info.path})"
+            )
     return lines
 
 

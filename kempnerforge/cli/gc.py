@@ -176,6 +176,8 @@ def gc_table(result: GcResult) -> str:
         extras = ((applied.vanished, "already gone"), (applied.skipped, "skipped"))
         summary += "".join(f"; {len(items)} {what}" for items, what in extras if items)
         summary += f"; {len(applied.failed)} failed" if applied.failed else ""
+    if applied is not None and applied.in_place:
+        summary += " (deleted in place: no space for the trash)"
     if applied is not None and applied.trash_cleared:
         summary += f"; removed {applied.trash_cleared} leftover trash entries"
     return f"{table}\n\n{summary}"
@@ -251,6 +253,7 @@ def gc_document(
         "failed": [] if applied is None else _problems(applied.failed),
         "bytes_freed": 0 if applied is None else applied.bytes_freed,
         "trash_cleared": 0 if applied is None else applied.trash_cleared,
+        "in_place": False if applied is None else applied.in_place,
         "skipped_entries": skipped_document(result.catalog),
         "warnings": [
             *([milestone_warning(plan.root, likely_milestones)] if likely_milestones else []),

@@ -89,10 +89,10 @@ def ls(
     filters: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """List the checkpoints under DIR, oldest first: step, status (complete, incomplete,
-    in-flight), size, tokens seen, age, marks (latest, milestone, pinned), and what gc would do
-    with it and why; the note of each pin. The footer gives the count, the total size and what
-    gc would free.
+    """List the checkpoints under DIR, oldest first: step, status (complete, corrupt,
+    incomplete, in-flight), size, tokens seen, age, marks (latest, milestone, pinned), and what
+    gc would do with it and why; the note of each pin. The footer gives the count, the total
+    size and what gc would free.
 
     --metric adds a column per metric recorded with the save (save(..., metrics=...)); --sort
     and --filter pick the order and the rows, also of --json. Without a retention policy (no
@@ -107,9 +107,9 @@ def ls(
     Example: kf-ckpt ls runs/llama/checkpoints --metric eval_loss --sort metric:eval_loss
     """
     with gc_paused():
-        catalog, selection = scan_root(directory, config_path, overrides)
+        catalog, selection = scan_root(directory, config_path, overrides, verify=True)
         plan = plan_retention(catalog, selection.config if selection.has_policy else None)
-        echo_warnings(catalog_warnings(catalog))
+        echo_warnings([*selection.warnings, *catalog_warnings(catalog)])
         view = LsView(metrics=metrics, sort=sort_key, filters=filters)
         if as_json:
             echo_json(ls_document(catalog, plan, selection, view=view))
@@ -171,6 +171,8 @@ def _ls_rows(catalog: Catalog, plan: RetentionPlan, selection: ConfigSelection) 
         decision = by_step.get(info.step)
         if info.complete:
             status = "complete"
+        elif info.corrupt:
+            status = "corrupt"
         elif decision is not None and decision.reason is Reason.in_flight:
             status = "in-flight"
         else:

@@ -13,7 +13,8 @@ from typing import Any
 import click
 
 from kempnerforge import __version__
-from kempnerforge.errors import KempnerForgeError
+from kempnerforge.cli._text import escape
+from kempnerforge.errors import EXIT_FAILED, KempnerForgeError, describe_os_error
 
 __all__ = ["COMMANDS", "cli", "main"]
 
@@ -56,8 +57,20 @@ class _LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except KempnerForgeError as exc:
-            click.echo(f"kf-ckpt: error: {exc}", err=True)
+            click.echo(f"kf-ckpt: error: {escape(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
+        except OSError as exc:
+            # An OS error no library call turned into a message of its own (a full disk, a
+            # read-only or unreadable directory, a path over the OS limit): name the path and
+            # the reason, never a traceback.
+            click.echo(f"kf-ckpt: error: {escape(describe_os_error(exc))}", err=True)
+            ctx.exit(EXIT_FAILED)
+        except RecursionError:
+            click.echo("kf-ckpt: error: input nested too deep to process", err=True)
+            ctx.exit(EXIT_FAILED)
+        except MemoryError:
+            click.echo("kf-ckpt: error: out of memory", err=True)
+            ctx.exit(EXIT_FAILED)
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -15,13 +15,12 @@ import click
 from kempnerforge.checkpoint.store.selection import ConfigSelection, select_root
 from kempnerforge.checkpoint.store.simulate import (
     RunSimulation,
-    SimulatedSave,
-    save_steps,
+    SaveRun,
+    is_saved,
     simulate_run,
 )
 from kempnerforge.cli._options import config_options, parse_size
 from kempnerforge.cli._render import (
-    FORMAT_VERSION,
     config_document,
     echo_json,
     human_bytes,
@@ -94,7 +93,7 @@ def plan(
     Example: kf-ckpt plan -c job.toml --max-steps 100000 --ckpt-size 26GB
     """
     _, selection = select_root(None, config_path, overrides)
-    unsaved = sorted(set(pins) - set(save_steps(selection.config, max_steps)))
+    unsaved = [step for step in pins if not is_saved(selection.config, max_steps, step)]
     if unsaved:
         raise click.BadParameter(
             f"the run never saves step {', '.join(map(str, unsaved))}, so it cannot be pinned; "
@@ -124,42 +123,29 @@ def _config_line(selection: ConfigSelection) -> str:
 
 
 def _steps_text(steps: list[int]) -> str:
-    """``2000..9000 every 1000`` for three or more evenly spaced steps, else the list."""
-    if len(steps) >= 3 and len({b - a for a, b in itertools.pairwise(steps)}) == 1:
-        return f"{steps[0]}..{steps[-1]} every {steps[1] - steps[0]}"
+    """The steps of a few listed saves; a long list is cut in the middle."""
     if len(steps) > 24:
         return ", ".join([*map(str, steps[:4]), "...", *map(str, steps[-3:])])
     return ", ".join(map(str, steps))
 
 
-def _save_groups(saves: tuple[SimulatedSave, ...]) -> list[list[SimulatedSave]]:
-    """Runs of saves of the same kind and fate; interval runs also of one spacing."""
-    groups: list[list[SimulatedSave]] = []
-    for save in saves:
-        group = groups[-1] if groups else []
-        key = (save.milestone, save.pinned, save.survives, save.reason)
-        first = group[0] if group else None
-        same = first is not None and (
-            (first.milestone, first.pinned, first.survives, first.reason) == key
-        )
-        even = len(group) < 2 or save.step - group[-1].step == group[1].step - group[0].step
-        if same and (save.milestone or even):
-            group.append(save)
-        else:
-            groups.append([save])
-    return groups
-
-
-def _kind(save: SimulatedSave) -> str:
-    return "milestone" if save.milestone else "pinned" if save.pinned else "interval"
+def _run_text(run: SaveRun) -> str:
+    """``2000..9000 every 1000`` for three or more evenly spaced saves, else the steps."""
+    if run.every is not None and run.count >= 3:
+        return f"{run.first}..{run.last} every {run.every}"
+    if run.steps is None:  # one or two evenly spaced saves
+        return _steps_text(list(run.iter_steps()))
+    if len(run.steps) >= 3 and len({b - a for a, b in itertools.pairwise(run.steps)}) == 1:
+        return f"{run.first}..{run.last} every {run.steps[1] - run.steps[0]}"
+    return _steps_text(list(run.steps))
 
 
 def plan_text(sim: RunSimulation, selection: ConfigSelection) -> str:
     """The ``kf-ckpt plan`` report: summary lines, then the saves grouped into a table."""
     lines = [
         _config_line(selection),
-        f"run: {sim.max_steps} steps, {plural(len(sim.saves), 'save')} "
-        f"({plural(len(sim.milestones), 'milestone')}), {len(sim.survivors)} left at the end",
+        f"run: {sim.max_steps} steps, {plural(sim.save_count, 'save')} "
+        f"({plural(len(sim.milestones), 'milestone')}), {sim.survivor_count} left at the end",
     ]
     if sim.max_on_disk_step is not None:
         lines.append(
@@ -171,44 +157,56 @@ def plan_text(sim: RunSimulation, selection: ConfigSelection) -> str:
             f"peak disk use: {human_bytes(sim.peak_disk_bytes)} "
             f"({sim.max_on_disk} x {human_bytes(sim.ckpt_size_bytes)})"
         )
-    if not sim.saves:
+    if not sim.save_count:
         return "\n".join([*lines, "", "the run saves no checkpoint"])
     keep_last_n = selection.config.keep_last_n
     rows = [
         (
-            _steps_text([s.step for s in group]),
-            len(group),
-            _kind(group[0]),
-            "kept" if group[0].survives else "deleted",
-            reason_text(group[0].reason, keep_last_n),
+            _run_text(run),
+            run.count,
+            "milestone" if run.milestone else "pinned" if run.pinned else "interval",
+            "kept" if run.survives else "deleted",
+            reason_text(run.reason, keep_last_n),
         )
-        for group in _save_groups(sim.saves)
+        for run in sim.runs
     ]
     table = render_table(rows, ("steps", "saves", "kind", "at end", "why"), "lrlll")
     return "\n".join([*lines, "", table])
 
 
+PLAN_FORMAT_VERSION = 2
+"""Version 2 summarises the saves as runs (``runs``) instead of listing every one."""
+
+
 def plan_document(sim: RunSimulation, selection: ConfigSelection) -> dict[str, Any]:
-    """The ``kf-ckpt plan --json`` document (schema in docs/reference/json.rst)."""
+    """The ``kf-ckpt plan --json`` document (schema in docs/reference/json.rst).
+
+    Its size is bounded by the milestones, never by the number of saves: the saves are given
+    as runs of one kind and fate (``first``, ``last``, ``count``, ``every`` or ``steps``).
+    """
     return {
         "format": "kf-ckpt-plan",
-        "format_version": FORMAT_VERSION,
+        "format_version": PLAN_FORMAT_VERSION,
         "config": config_document(selection),
         "max_steps": sim.max_steps,
-        "saves": [
+        "runs": [
             {
-                "step": s.step,
-                "milestone": s.milestone,
-                "pinned": s.pinned,
-                "survives": s.survives,
-                "reason": str(s.reason),
+                "first": run.first,
+                "last": run.last,
+                "count": run.count,
+                "every": run.every,
+                "steps": None if run.steps is None else list(run.steps),
+                "milestone": run.milestone,
+                "pinned": run.pinned,
+                "survives": run.survives,
+                "reason": str(run.reason),
             }
-            for s in sim.saves
+            for run in sim.runs
         ],
-        "save_count": len(sim.saves),
+        "save_count": sim.save_count,
         "milestones": list(sim.milestones),
-        "survivors": list(sim.survivors),
-        "pins": [s.step for s in sim.saves if s.pinned],
+        "survivor_count": sim.survivor_count,
+        "pins": list(sim.pins),
         "max_on_disk": sim.max_on_disk,
         "max_on_disk_step": sim.max_on_disk_step,
         "ckpt_size_bytes": sim.ckpt_size_bytes,

@@ -13,6 +13,7 @@ import click
 
 from kempnerforge.cli._options import selection_options
 from kempnerforge.cli._render import human_bytes, render_table, rule_text
+from kempnerforge.cli._text import escape
 
 __all__ = ["show"]
 
@@ -26,7 +27,7 @@ __all__ = ["show"]
     help="Step to show (default: the newest complete).",
 )
 @selection_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
 def show(
     src: str,
     step: int | None,
@@ -37,20 +38,23 @@ def show(
     """List the model tensors of a checkpoint, the rule that chose them, its top-level groups
     and the size of its optimizer state.
 
-    SRC is a checkpoint root (then --step, default the newest complete checkpoint) or one
-    checkpoint directory: any directory holding a DCP .metadata, whoever wrote it. Only the
-    DCP metadata is read, never tensor data.
+    SRC is a checkpoint root (then --step, default the newest complete checkpoint), one
+    checkpoint directory (any directory holding a DCP .metadata, whoever wrote it), or the
+    root's latest link. Only the DCP metadata is read (through an allowlist: nothing in it
+    runs), never tensor data; gc does not delete the checkpoint while it is read.
     """
     from kempnerforge.checkpoint.export.contents import inspect_checkpoint
 
     contents = inspect_checkpoint(src, step, include=include, exclude=exclude)
     if as_json:
-        click.echo(json.dumps(contents.to_json(), indent=2))
+        # The conventions of the other commands' documents (docs/reference/json.rst).
+        document = {"format": "kf-ckpt-show", "format_version": 1, **contents.to_json()}
+        click.echo(json.dumps(document))
         return
     with_stage = contents.pp_stages is not None
     rows = [
         (
-            t.name,
+            escape(t.name),
             "[" + ", ".join(str(d) for d in t.shape) + "]",
             t.dtype,
             human_bytes(t.size_bytes),
@@ -61,7 +65,7 @@ def show(
     headers = ("name", "shape", "dtype", "size", *(("stage",) if with_stage else ()))
     tokens = f", {contents.tokens_seen:,} tokens seen" if contents.tokens_seen is not None else ""
     which = f"step {contents.step}" if contents.step is not None else "step unknown"
-    click.echo(f"{contents.step_dir} ({which}{tokens})")
+    click.echo(f"{escape(str(contents.step_dir))} ({which}{tokens})")
     click.echo(render_table(rows, headers, "l" * len(headers)))
     excluded = (
         f", {contents.excluded_by_pattern} more left out by --exclude"
@@ -86,4 +90,4 @@ def show(
     if contents.other_size_bytes:
         click.echo(f"other state: {human_bytes(contents.other_size_bytes)}")
     for note in contents.notes:
-        click.echo(f"kf-ckpt: note: {note}", err=True)
+        click.echo(f"kf-ckpt: note: {escape(note)}", err=True)

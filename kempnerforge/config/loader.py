@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -31,6 +32,7 @@ __all__ = [
     "config_from_toml",
     "config_to_dict",
     "load_config",
+    "recorded_config_from_dict",
 ]
 
 _WINDOW_KEY = "dyn_ckpt_window"
@@ -89,8 +91,29 @@ def _check_type(key: str, kind: str, value: Any, source: str | None) -> Any:
             "async_mode": "one of " + ", ".join(repr(m.value) for m in AsyncCheckpointMode),
             "list[str]": "a list of strings",
         }[kind]
-        raise ConfigError(f"{key}{_where(source)} must be {expected}, got {value!r}")
+        raise ConfigError(f"{key}{_where(source)} must be {expected}, got {_short(value)}")
     return value
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a hostile value may be huge or deep)."""
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):  # deep nesting; an int over the digit limit
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _key(key: Any) -> str:
+    """A key as text for a message: control characters escaped, at most 80 characters."""
+    text = str(key).encode("unicode_escape").decode("ascii")
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """``did you mean 'interval'? `` for a near miss, else ``''``."""
+    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
 
 
 def _coerce(key: str, kind: str, text: str) -> Any:
@@ -125,19 +148,29 @@ def _coerce(key: str, kind: str, text: str) -> Any:
     return raw
 
 
-def _build(data: Mapping[str, Any], source: str | None) -> CheckpointConfig:
-    """Validate a ``[checkpoint]``-shaped mapping and construct the config."""
+def _build(
+    data: Mapping[str, Any], source: str | None, unknown: list[str] | None = None
+) -> CheckpointConfig:
+    """Validate a ``[checkpoint]``-shaped mapping and construct the config.
+
+    With ``unknown`` (a recorded config: lenient), unknown keys are appended to it and ignored;
+    without it (what the user typed: strict), an unknown key is an error.
+    """
     if not isinstance(data, Mapping):
-        raise ConfigError(f"checkpoint{_where(source)} must be a table, got {data!r}")
+        raise ConfigError(f"checkpoint{_where(source)} must be a table, got {_short(data)}")
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in _CONFIG_FIELDS:
+            if unknown is not None:
+                unknown.append(f"checkpoint.{_key(key)}")
+                continue
             raise ConfigError(
-                f"unknown key checkpoint.{key}{_where(source)}; "
-                f"valid keys: {_valid(_CONFIG_FIELDS, 'checkpoint.')}"
+                f"unknown key checkpoint.{_key(key)}{_where(source)}; "
+                f"{_did_you_mean(key, _CONFIG_FIELDS)}valid keys: "
+                f"{_valid(_CONFIG_FIELDS, 'checkpoint.')}"
             )
         if key == _WINDOW_KEY:
-            kwargs[key] = _build_window(value, source)
+            kwargs[key] = _build_window(value, source, unknown)
         else:
             kwargs[key] = _check_type(f"checkpoint.{key}", _KINDS[key], value, source)
     try:
@@ -146,19 +179,31 @@ def _build(data: Mapping[str, Any], source: str | None) -> CheckpointConfig:
         raise ConfigError(f"{exc}{_where(source)}") from exc
 
 
-def _build_window(data: Any, source: str | None) -> DynamicCheckpointWindow | None:
+def _build_window(
+    data: Any, source: str | None, unknown: list[str] | None = None
+) -> DynamicCheckpointWindow | None:
     if data is None:
         return None
     if isinstance(data, DynamicCheckpointWindow):
         return data
     prefix = f"checkpoint.{_WINDOW_KEY}."
     if not isinstance(data, Mapping):
-        raise ConfigError(f"checkpoint.{_WINDOW_KEY}{_where(source)} must be a table, got {data!r}")
+        raise ConfigError(
+            f"checkpoint.{_WINDOW_KEY}{_where(source)} must be a table, got {_short(data)}"
+        )
+    known: dict[str, Any] = {}
     for key, value in data.items():
         if key not in _WINDOW_FIELDS:
+            if unknown is not None:
+                unknown.append(f"{prefix}{_key(key)}")
+                continue
             valid = _valid(_WINDOW_FIELDS, prefix)
-            raise ConfigError(f"unknown key {prefix}{key}{_where(source)}; valid keys: {valid}")
-        _check_type(prefix + key, _KINDS[key], value, source)
+            raise ConfigError(
+                f"unknown key {prefix}{_key(key)}{_where(source)}; "
+                f"{_did_you_mean(key, _WINDOW_FIELDS)}valid keys: {valid}"
+            )
+        known[key] = _check_type(prefix + key, _KINDS[key], value, source)
+    data = known
     try:
         return DynamicCheckpointWindow(**data)
     except ValueError as exc:
@@ -168,11 +213,10 @@ def _build_window(data: Any, source: str | None) -> DynamicCheckpointWindow | No
 def config_from_toml(path: str | Path) -> CheckpointConfig:
     """Read the ``[checkpoint]`` table of a KempnerForge job file.
 
-    A job file without a ``[checkpoint]`` table gives the defaults.
-
     Raises:
-        ConfigError: the file is missing or unreadable, is not valid TOML, or has an unknown key
-            or a value of the wrong type.
+        ConfigError: the file is missing or unreadable, is not UTF-8 or not valid TOML, has no
+            ``[checkpoint]`` table (a typo such as ``[chekpoint]`` must not silently give the
+            defaults), or has an unknown key or a value of the wrong type.
     """
     import tomllib  # only here: most commands read no TOML, and the import is not free
 
@@ -185,10 +229,34 @@ def config_from_toml(path: str | Path) -> CheckpointConfig:
     except IsADirectoryError:
         raise ConfigError(f"config file {path} is a directory; pass a job TOML file") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        ) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-    return _build(doc.get("checkpoint", {}), str(path))
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deep to read") from None
+    if "checkpoint" not in doc:
+        raise ConfigError(_no_table_message(path, doc))
+    return _build(doc["checkpoint"], str(path))
+
+
+def _no_table_message(path: Path, doc: Mapping[str, Any]) -> str:
+    tables = [str(k) for k, v in doc.items() if isinstance(v, dict)]
+    shown = ", ".join(f"[{t[:40].encode('unicode_escape').decode()}]" for t in tables[:12])
+    has = f"its tables: {shown}" if tables else "it has no tables"
+    close = difflib.get_close_matches("checkpoint", tables, n=1, cutoff=0.6)
+    if close:
+        return (
+            f"config file {path} has no [checkpoint] table ({has}); did you mean [checkpoint] "
+            f"instead of [{close[0]}]? rename it"
+        )
+    return (
+        f"config file {path} has no [checkpoint] table ({has}); add one (an empty "
+        "[checkpoint] table uses the defaults)"
+    )
 
 
 def apply_overrides(config: CheckpointConfig, overrides: Iterable[str]) -> CheckpointConfig:
@@ -278,3 +346,23 @@ def config_to_dict(config: CheckpointConfig) -> dict[str, Any]:
 def config_from_dict(data: Mapping[str, Any], *, source: str | None = None) -> CheckpointConfig:
     """Inverse of :func:`config_to_dict`; unknown keys and bad values raise ConfigError."""
     return _build(data, source)
+
+
+def recorded_config_from_dict(
+    data: Mapping[str, Any], *, source: str | None = None
+) -> tuple[CheckpointConfig, tuple[str, ...]]:
+    """A config recorded by a run (``metadata.json``), read leniently.
+
+    A newer version may record keys this one does not know: they are ignored and returned, so
+    that the caller warns once, instead of failing (cron gc must keep working after the
+    training side is upgraded). Bad values of known keys still raise.
+
+    Returns:
+        The config, and the dotted names of the keys that were ignored.
+
+    Raises:
+        ConfigError: a known key has a bad value.
+    """
+    unknown: list[str] = []
+    config = _build(data, source, unknown)
+    return config, tuple(unknown)

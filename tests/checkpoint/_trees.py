@@ -39,6 +39,7 @@ from kempnerforge.checkpoint.store.layout import (
 __all__ = [
     "add_entries",
     "as_unprivileged",
+    "dcp_manifest",
     "fingerprint",
     "make_checkpoint",
     "make_root",
@@ -89,7 +90,8 @@ def make_checkpoint(
         for i in range(files):
             (stage_dir / f"__{i}_0.distcp").write_bytes(_payload(step, i, size))
         if complete:
-            (stage_dir / DCP_METADATA).write_bytes(b"dcp-metadata:" + str(step).encode())
+            shards = {f"__{i}_0.distcp": size for i in range(files)}
+            (stage_dir / DCP_METADATA).write_bytes(dcp_manifest(shards))
     (step_dir / TRAIN_STATE).write_bytes(_payload(step, -1, size))
     if metadata is True:
         doc: dict[str, Any] = {
@@ -126,6 +128,57 @@ def add_entries(step_dir: Path, count: int) -> None:
             os.link("__0_1.distcp", f"__{i}_1.distcp", src_dir_fd=fd, dst_dir_fd=fd)
     finally:
         os.close(fd)
+
+
+def dcp_manifest(shards: dict[str, int], *, extra_global: tuple[str, str] | None = None) -> bytes:
+    """The bytes of a DCP ``.metadata`` recording one item of ``length`` bytes per shard file.
+
+    Written opcode by opcode (pickle protocol 2), the way ``pickle.dump`` of DCP's ``Metadata``
+    lays it out -- classes by module and name, instances by ``NEWOBJ`` and ``BUILD`` -- so that
+    synthetic trees get a manifest the allowlisted reader accepts, without importing torch.
+    ``extra_global`` plants a reference to another global (a hostile manifest).
+    """
+
+    def text(value: str) -> bytes:
+        data = value.encode()
+        return b"X" + len(data).to_bytes(4, "little") + data
+
+    def integer(value: int) -> bytes:
+        data = value.to_bytes(value.bit_length() // 8 + 1, "little", signed=True)
+        return b"\x8a" + bytes([len(data)]) + data  # LONG1: any size
+
+    def instance(module: str, name: str, fields: dict[str, bytes]) -> bytes:
+        body = b"".join(text(k) + v for k, v in fields.items())
+        cls = b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+        return cls + b")\x81}(" + body + b"ub"
+
+    dcp_md, dcp_fs = (
+        "torch.distributed.checkpoint.metadata",
+        "torch.distributed.checkpoint.filesystem",
+    )
+    items = b""
+    for i, (name, length) in enumerate(sorted(shards.items())):
+        index = instance(dcp_md, "MetadataIndex", {"fqn": text(f"t{i}"), "index": b"N"})
+        info = instance(
+            dcp_fs,
+            "_StorageInfo",
+            {"relative_path": text(name), "offset": integer(0), "length": integer(length)},
+        )
+        items += index + info
+    planted = b""
+    if extra_global is not None:
+        module, name = extra_global
+        planted = (
+            text("planted") + b"c" + f"{module}\n{name}\n".encode() + b"X\x00\x00\x00\x00\x85R"
+        )
+    metadata = instance(
+        dcp_md,
+        "Metadata",
+        {"state_dict_metadata": b"}", "storage_data": b"}(" + items + b"u", "version": text("1")},
+    )
+    if planted:
+        metadata = metadata[:-2] + planted + b"ub"
+    return b"\x80\x02" + metadata + b"."
 
 
 def set_mtime(path: Path, mtime_s: float) -> None:

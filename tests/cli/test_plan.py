@@ -57,26 +57,31 @@ def test_plan_of_a_run_too_short_to_save(run_cli):
     assert (result.exit_code, result.stdout, result.stderr) == (0, NO_SAVES, "")
 
 
-def test_plan_json_lists_every_save(run_cli, tmp_path: Path):
+def test_plan_json_summarises_the_saves_as_runs(run_cli, tmp_path: Path):
     (tmp_path / "job.toml").write_text(JOB)
     result = run_cli(
         "plan", "-c", "job.toml", "--max-steps", "1000", "--ckpt-size", "512MiB", "--json"
     )
     assert result.exit_code == 0
     doc = json.loads(result.stdout)
-    assert doc["format"] == "kf-ckpt-plan" and doc["format_version"] == 1
+    assert doc["format"] == "kf-ckpt-plan" and doc["format_version"] == 2
     assert doc["config"]["source"] == "file" and doc["config"]["path"] == "job.toml"
     assert doc["max_steps"] == 1000
-    assert doc["save_count"] == len(doc["saves"]) == 17
+    assert doc["save_count"] == sum(run["count"] for run in doc["runs"]) == 17
     assert doc["milestones"] == [1, 2, 4, 8, 16, 32, 64, 128, 256]
-    assert doc["survivors"] == [*doc["milestones"], 900, 1000]
-    assert doc["saves"][9] == {
-        "step": 300,
+    assert doc["survivor_count"] == 11
+    assert doc["runs"][1] == {
+        "first": 300,
+        "last": 800,
+        "count": 6,
+        "every": 100,
+        "steps": None,
         "milestone": False,
         "pinned": False,
         "survives": False,
         "reason": "beyond_keep_last_n",
     }
+    assert doc["runs"][0]["steps"] == doc["milestones"]
     assert (doc["max_on_disk"], doc["max_on_disk_step"]) == (12, 500)
     assert doc["ckpt_size_bytes"] == 512 * 2**20
     assert doc["peak_disk_bytes"] == 12 * 512 * 2**20
@@ -89,13 +94,16 @@ def test_set_overrides_the_job_file_and_recorded_configs_are_found(run_cli, tmp_
             "plan", "-c", "job.toml", "--set", "keep_last_n=0", "--max-steps", "1000", "--json"
         ).stdout
     )
-    assert doc["survivors"] == [s["step"] for s in doc["saves"]]
+    assert doc["survivor_count"] == doc["save_count"] == 17
     # Without --config: the config recorded in the newest checkpoint under checkpoint.dir.
     make_checkpoint(tmp_path / "checkpoints", 10, config={"interval": 10, "keep_last_n": 1})
     doc = json.loads(run_cli("plan", "--max-steps", "50", "--json").stdout)
     assert doc["config"]["source"] == "recorded"
-    assert [s["step"] for s in doc["saves"]] == [10, 20, 30, 40, 50]
-    assert doc["survivors"] == [50]
+    assert [(r["first"], r["last"], r["every"]) for r in doc["runs"]] == [
+        (10, 40, 10),
+        (50, 50, 10),
+    ]
+    assert doc["survivor_count"] == 1
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from kempnerforge.config.loader import (
     config_from_toml,
     config_to_dict,
     load_config,
+    recorded_config_from_dict,
 )
 from kempnerforge.errors import ConfigError
 
@@ -62,8 +63,46 @@ def test_loads_the_checkpoint_table_and_ignores_the_rest(tmp_path):
     )
 
 
-def test_job_without_checkpoint_table_gives_defaults(tmp_path):
-    assert config_from_toml(write(tmp_path, "[model]\ndim = 3\n")) == CheckpointConfig()
+def test_job_with_an_empty_checkpoint_table_gives_defaults(tmp_path):
+    assert config_from_toml(write(tmp_path, "[model]\ndim = 3\n[checkpoint]\n")) == (
+        CheckpointConfig()
+    )
+
+
+def test_job_without_checkpoint_table_is_an_error_with_a_did_you_mean(tmp_path):
+    path = write(tmp_path, "[model]\ndim = 3\n[chekpoint]\nkeep_last_n = 9\n")
+    with pytest.raises(ConfigError) as excinfo:
+        config_from_toml(path)
+    assert str(excinfo.value) == (
+        f"config file {path} has no [checkpoint] table (its tables: [model], [chekpoint]); "
+        "did you mean [checkpoint] instead of [chekpoint]? rename it"
+    )
+    assert excinfo.value.exit_code == 2
+    with pytest.raises(ConfigError, match=r"\(it has no tables\); add one \(an empty"):
+        config_from_toml(write(tmp_path, "x = 1\n"))
+
+
+def test_non_utf8_job_file_is_a_config_error(tmp_path):
+    path = tmp_path / "job.toml"
+    path.write_bytes(b'[checkpoint]\ndir = "\xff\xfe"\n')
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte \d+\); save it as UTF-8"):
+        config_from_toml(path)
+
+
+def test_recorded_config_is_lenient_about_unknown_keys_only():
+    data = {"keep_last_n": 2, "new_knob": 1, "dyn_ckpt_window": {"start": 0, "stop": 8, "x": 1}}
+    config, unknown = recorded_config_from_dict(data, source="m.json")
+    assert config.keep_last_n == 2 and config.dyn_ckpt_window == DynamicCheckpointWindow(0, 8)
+    assert unknown == ("checkpoint.new_knob", "checkpoint.dyn_ckpt_window.x")
+    with pytest.raises(ConfigError, match=r"checkpoint\.keep_last_n in m\.json must be an integer"):
+        recorded_config_from_dict({"keep_last_n": "2", "new": 1}, source="m.json")
+    with pytest.raises(ConfigError, match=r"unknown key checkpoint\.new_knob"):
+        config_from_dict(data)
+
+
+def test_unknown_key_suggests_the_near_miss(tmp_path):
+    with pytest.raises(ConfigError, match="did you mean 'keep_last_n'"):
+        config_from_toml(write(tmp_path, "[checkpoint]\nkeep_last = 2\n"))
 
 
 def test_overrides_apply_on_top_with_coercion(tmp_path):
@@ -110,7 +149,7 @@ def test_load_config_uses_base_without_a_file():
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[checkpoint]\nintervall = 5\n", "unknown key checkpoint.intervall in {path}; valid keys: checkpoint.dir, checkpoint.interval,"),
+        ("[checkpoint]\nintervall = 5\n", "unknown key checkpoint.intervall in {path}; did you mean 'interval'? valid keys: checkpoint.dir, checkpoint.interval,"),
         ("[checkpoint]\ninterval = \"5\"\n", "checkpoint.interval in {path} must be an integer, got '5'"),
         ("[checkpoint]\ninterval = 0\n", "checkpoint.interval must be positive, got 0 in {path}"),
         ("[checkpoint]\nkeep_last_n = true\n", "checkpoint.keep_last_n in {path} must be an integer, got True"),

@@ -16,8 +16,10 @@ read metadata to DCP instead of letting it unpickle the file again.
 from __future__ import annotations
 
 import collections
+import os
 import pathlib
 import pickle
+import stat
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,10 +35,12 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import (
     BytesStorageMetadata,
     Metadata,
+    StorageMeta,
     TensorStorageMetadata,
 )
 
 from kempnerforge.checkpoint.export._dcp_failure import describe_failure
+from kempnerforge.checkpoint.store._manifest import MAX_MANIFEST_BYTES, is_allowed_global
 from kempnerforge.checkpoint.store.layout import (
     DCP_METADATA,
     guess_step,
@@ -51,8 +55,10 @@ __all__ = [
     "OPTIMIZER_KEY",
     "GroupSummary",
     "ModelPart",
+    "SafeFileSystemReader",
     "SelectionRule",
     "TensorEntry",
+    "load_error",
     "load_tensors",
     "plan_model_part",
     "read_dcp_metadata",
@@ -84,9 +90,16 @@ _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
 
 
 class _MetadataUnpickler(pickle.Unpickler):
-    """Unpickles DCP ``.metadata`` only: DCP's own data classes, torch dtypes and sizes."""
+    """Unpickles DCP ``.metadata`` only: DCP's own data classes, torch dtypes and sizes.
+
+    The names allowed are those of the torch-free reader of the same files
+    (:func:`~kempnerforge.checkpoint.store._manifest.is_allowed_global`), and the real object
+    must be what it claims.
+    """
 
     def find_class(self, module: str, name: str) -> Any:
+        if not is_allowed_global(module, name):
+            raise pickle.UnpicklingError(f"{module}.{name} is not a DCP metadata type")
         if (module, name) in _SAFE_GLOBALS:
             return _SAFE_GLOBALS[(module, name)]
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
@@ -97,21 +110,52 @@ class _MetadataUnpickler(pickle.Unpickler):
                 return obj
         raise pickle.UnpicklingError(f"{module}.{name} is not a DCP metadata type")
 
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("DCP metadata has no persistent references")
+
 
 def read_dcp_metadata(dcp_dir: Path) -> Metadata:
     """Read the DCP ``.metadata`` of one DCP tree (a step dir or a ``pp<k>/`` stage dir).
 
+    Never runs code from the file (see :class:`_MetadataUnpickler`); a FIFO is not waited on and
+    a file over :data:`~kempnerforge.checkpoint.store._manifest.MAX_MANIFEST_BYTES` is refused.
+
     Raises:
-        CorruptCheckpointError: the file is missing, truncated, or not DCP metadata.
+        CorruptCheckpointError: the file is missing, truncated, too large, or not DCP metadata;
+            the message names the file and what to do.
     """
     path = dcp_dir / DCP_METADATA
+    hint = f"pick another with 'kf-ckpt ls {dcp_dir.parent}'"
     try:
-        with open(path, "rb") as fh:
-            metadata = _MetadataUnpickler(fh).load()
-    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ValueError) as exc:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        if not dcp_dir.exists():
+            raise CorruptCheckpointError(
+                f"{dcp_dir} was deleted while it was being read (by a gc?); {hint}"
+            ) from exc
         raise CorruptCheckpointError(
-            f"cannot read DCP metadata {path}: {exc}; the checkpoint is incomplete or corrupt, "
-            f"pick another with 'kf-ckpt ls {dcp_dir.parent}'"
+            f"no DCP metadata {path}: the checkpoint is incomplete; {hint}"
+        ) from exc
+    except OSError as exc:
+        raise CorruptCheckpointError(
+            f"cannot open DCP metadata {path}: {exc.strerror}; {hint}"
+        ) from exc
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_MANIFEST_BYTES:
+                raise CorruptCheckpointError(
+                    f"DCP metadata {path} is not a regular file of at most "
+                    f"{MAX_MANIFEST_BYTES} bytes; the checkpoint is corrupt, {hint}"
+                )
+            metadata = _MetadataUnpickler(fh).load()
+    except CorruptCheckpointError:
+        raise
+    except Exception as exc:  # any malformed pickle (EOF, bad opcode, refused name): corrupt
+        why = "it ends early (truncated)" if isinstance(exc, EOFError) else f"{exc}"
+        raise CorruptCheckpointError(
+            f"cannot read DCP metadata {path}: {why}; the checkpoint is incomplete or corrupt, "
+            f"{hint}"
         ) from exc
     if not isinstance(metadata, Metadata):
         raise CorruptCheckpointError(f"{path} is not DCP metadata ({type(metadata).__name__})")
@@ -384,15 +428,32 @@ def _empty_selection(
     )
 
 
-class KnownMetadataReader(dcp.FileSystemReader):
-    """A DCP reader that reuses metadata already read safely, instead of unpickling it again."""
+class SafeFileSystemReader(dcp.FileSystemReader):
+    """DCP's file-system reader, with its ``.metadata`` read through the allowlist.
 
-    def __init__(self, path: Path, metadata: Metadata) -> None:
+    ``FileSystemReader.read_metadata`` unpickles ``.metadata`` with plain :mod:`pickle`, which
+    runs whatever the file asks for. This subclass overrides only that public method: the file
+    is read by :func:`read_dcp_metadata` (or ``metadata`` already read that way is reused), so
+    loading a checkpoint from someone else never runs code from it.
+
+    Example:
+        >>> dcp.load(state, storage_reader=SafeFileSystemReader(step_dir))  # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | Path, metadata: Metadata | None = None) -> None:
         super().__init__(path)
+        self._dcp_dir = Path(path)
         self._known_metadata = metadata
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        return self._known_metadata
+        metadata = self._known_metadata
+        if metadata is None:
+            metadata = self._known_metadata = read_dcp_metadata(self._dcp_dir)
+        storage_meta = getattr(metadata, "storage_meta", None)
+        if storage_meta is None:
+            storage_meta = metadata.storage_meta = StorageMeta()
+        storage_meta.load_id = self.load_id
+        return metadata
 
 
 def load_tensors(
@@ -414,7 +475,7 @@ def load_tensors(
         names[f"{entry.dcp_dir}\0{entry.fqn}"] = entry.name
     loaded: dict[str, torch.Tensor] = {}
     for dcp_dir, state_dict in by_dir.items():
-        reader = KnownMetadataReader(dcp_dir, part.metadata[dcp_dir])
+        reader = SafeFileSystemReader(dcp_dir, part.metadata[dcp_dir])
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # "assuming ... a single process"
@@ -432,3 +493,19 @@ def load_tensors(
         for fqn, tensor in state_dict.items():
             loaded[names[f"{dcp_dir}\0{fqn}"]] = tensor
     return loaded
+
+
+def load_error(exc: CheckpointException, dcp_dir: Path) -> CorruptCheckpointError:
+    """The error to raise for a failed ``dcp.load`` of ``dcp_dir``, one line, naming the file.
+
+    A :class:`CorruptCheckpointError` raised inside DCP (by :class:`SafeFileSystemReader`) on
+    any rank is passed on as it is; any other failure is described by its first rank's error.
+    """
+    for failure in exc.failures.values():
+        inner = failure[0] if isinstance(failure, tuple) else failure
+        if isinstance(inner, CorruptCheckpointError):
+            return inner
+    return CorruptCheckpointError(
+        f"cannot load the tensors of {dcp_dir}: {describe_failure(exc)}; the checkpoint is "
+        f"corrupt, resume from another (see 'kf-ckpt ls {dcp_dir.parent}')"
+    )

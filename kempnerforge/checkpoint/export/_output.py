@@ -11,6 +11,7 @@ last) and only then removes files of an older export that the new one does not r
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -20,12 +21,14 @@ from pathlib import Path
 
 from kempnerforge.checkpoint.export._safetensors_io import temp_path
 from kempnerforge.checkpoint.store.files import TempName, fsync_dir, parse_temp_name
-from kempnerforge.errors import ExportError, OutputExistsError
+from kempnerforge.checkpoint.store.layout import managed_path_reason
+from kempnerforge.errors import ExportError, OutputExistsError, UnsafeOutputError
 
 __all__ = [
     "INDEX_FILE",
     "SINGLE_FILE",
     "OutputTarget",
+    "check_output_path",
     "discard",
     "export_files",
     "make_dirs",
@@ -62,6 +65,27 @@ class OutputTarget:
     single_file: bool
     existing: tuple[Path, ...]
     """Files of an earlier export that publishing replaces or removes (``force`` only)."""
+
+
+def check_output_path(out: Path) -> None:
+    """Refuse an output inside what a checkpoint root manages, before anything is read.
+
+    A step directory (an export there would change a checkpoint, or a new ``step_<N>`` would
+    look like an unfinished save), the trash (emptied by the next gc), the lock, the cache, or
+    any DCP checkpoint directory.
+
+    Raises:
+        UnsafeOutputError: ``out`` is such a path.
+    """
+    try:
+        reason = managed_path_reason(out)
+    except OSError as exc:
+        raise ExportError(f"cannot check the output path {out}: {exc.strerror}") from exc
+    if reason is not None:
+        raise UnsafeOutputError(
+            f"will not write the export to {out}: {reason}; pick a path outside the "
+            "checkpoint root's managed entries (a sibling of the root, for example)"
+        )
 
 
 def prepare_output(out: Path, *, force: bool) -> OutputTarget:
@@ -110,7 +134,11 @@ def make_dirs(target: OutputTarget) -> list[Path]:
     try:
         target.directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ExportError(f"cannot create output directory {target.directory}: {exc}") from exc
+        name = errno.errorcode.get(exc.errno or 0)
+        raise ExportError(
+            f"cannot create output directory {target.directory}: {exc.strerror}"
+            + (f" ({name})" if name else "")
+        ) from exc
     return created
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kempnerforge.checkpoint.export._dcp_meta import GroupSummary, SelectionRule, plan_model_part
-from kempnerforge.checkpoint.store.selection import resolve_checkpoint
+from kempnerforge.checkpoint.store.selection import leased_checkpoint
 
 __all__ = [
     "CheckpointContents",
@@ -98,31 +98,31 @@ def inspect_checkpoint(
         >>> contents.model_size_bytes, contents.optimizer_size_bytes  # doctest: +SKIP
         (14_000_000_000, 28_000_000_000)
     """
-    step_dir = resolve_checkpoint(src, step)
-    part = plan_model_part(step_dir, include=include, exclude=exclude)
-    tensors = tuple(
-        TensorInfo(
-            name=e.name,
-            shape=e.shape,
-            dtype=str(e.dtype).removeprefix("torch."),
-            size_bytes=e.size_bytes,
-            stage=e.stage,
+    with leased_checkpoint(src, step) as step_dir:
+        part = plan_model_part(step_dir, include=include, exclude=exclude)
+        tensors = tuple(
+            TensorInfo(
+                name=e.name,
+                shape=e.shape,
+                dtype=str(e.dtype).removeprefix("torch."),
+                size_bytes=e.size_bytes,
+                stage=e.stage,
+            )
+            for e in part.tensors
         )
-        for e in part.tensors
-    )
-    stage_dirs = [d for d in part.metadata if d != step_dir]
-    return CheckpointContents(
-        step_dir=step_dir,
-        step=part.step,
-        tokens_seen=part.tokens_seen,
-        tensors=tensors,
-        rule=part.rule,
-        excluded_by_pattern=part.excluded_by_pattern,
-        groups=part.groups,
-        model_size_bytes=sum(t.size_bytes for t in tensors),
-        optimizer_tensors=part.optimizer_tensors,
-        optimizer_size_bytes=part.optimizer_size_bytes,
-        other_size_bytes=part.other_size_bytes,
-        pp_stages=len(stage_dirs) if stage_dirs else None,
-        notes=part.notes,
-    )
+        stage_dirs = [d for d in part.metadata if d != step_dir]
+        return CheckpointContents(
+            step_dir=step_dir,
+            step=part.step,
+            tokens_seen=part.tokens_seen,
+            tensors=tensors,
+            rule=part.rule,
+            excluded_by_pattern=part.excluded_by_pattern,
+            groups=part.groups,
+            model_size_bytes=sum(t.size_bytes for t in tensors),
+            optimizer_tensors=part.optimizer_tensors,
+            optimizer_size_bytes=part.optimizer_size_bytes,
+            other_size_bytes=part.other_size_bytes,
+            pp_stages=len(stage_dirs) if stage_dirs else None,
+            notes=part.notes,
+        )

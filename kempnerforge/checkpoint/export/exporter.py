@@ -41,9 +41,9 @@ from kempnerforge.checkpoint.export._verify import (
     verify_file,
     verify_message,
 )
-from kempnerforge.checkpoint.store.selection import resolve_checkpoint
+from kempnerforge.checkpoint.store.selection import leased_checkpoint
 from kempnerforge.config.checkpoint import EXPORT_DTYPES
-from kempnerforge.errors import ConfigError, VerifyError
+from kempnerforge.errors import ConfigError, ExportError, VerifyError, describe_os_error
 
 __all__ = [
     "DEFAULT_BATCH_BYTES",
@@ -133,56 +133,62 @@ def export_safetensors(
     """
     started = time.monotonic()
     out_dtype = _check_options(dtype, max_shard_size, batch_bytes)
-    step_dir = resolve_checkpoint(src, step)
-    part = plan_model_part(step_dir, include=include, exclude=exclude)
-    target = output.prepare_output(Path(out), force=force)
-    dtypes = output_dtypes(part.tensors, out_dtype)
-    plan = plan_files(part.tensors, dtypes, target, max_shard_size)
-    total_bytes = sum(out_bytes(e, dtypes) for e in part.tensors)
-    metadata = file_metadata(part, dtype)
-    created = output.make_dirs(target)
-    output.remove_stale_temps(target)
-    finished: list[tuple[Path, Path]] = []
-    written = [0]
+    output.check_output_path(Path(out))
+    with leased_checkpoint(src, step) as step_dir:
+        part = plan_model_part(step_dir, include=include, exclude=exclude)
+        target = output.prepare_output(Path(out), force=force)
+        dtypes = output_dtypes(part.tensors, out_dtype)
+        plan = plan_files(part.tensors, dtypes, target, max_shard_size)
+        total_bytes = sum(out_bytes(e, dtypes) for e in part.tensors)
+        metadata = file_metadata(part, dtype)
+        created = output.make_dirs(target)
+        output.remove_stale_temps(target)
+        finished: list[tuple[Path, Path]] = []
+        written = [0]
 
-    def on_tensor(size_bytes: int) -> None:
-        written[0] += size_bytes
-        if progress is not None:
-            progress(written[0], total_bytes)
+        def on_tensor(size_bytes: int) -> None:
+            written[0] += size_bytes
+            if progress is not None:
+                progress(written[0], total_bytes)
 
-    try:
-        for final, entries in plan:
-            tmp = _write_file(part, final, entries, dtypes, metadata, batch_bytes, on_tensor)
-            finished.append((tmp, final))
-        if verify:
-            problems = [
-                problem
-                for (tmp, final), (_, entries) in zip(finished, plan, strict=True)
-                for problem in verify_file(part, tmp, final.name, entries, dtypes, batch_bytes)
-            ]
-            if problems:
-                raise VerifyError(verify_message(problems, nothing_published=True))
-        if len(plan) > 1:
-            index = target.directory / output.INDEX_FILE
-            weight_map = {e.name: final.name for final, entries in plan for e in entries}
-            finished.append((output.write_index(index, weight_map, total_bytes), index))
-        output.publish(target, finished)
-    except BaseException:
-        output.discard([tmp for tmp, _ in finished], created)
-        raise
-    return ExportResult(
-        output=target.path,
-        files=tuple(final for final, _ in plan),
-        step_dir=step_dir,
-        step=part.step,
-        dtype=dtype,
-        tensors=len(part.tensors),
-        size_bytes=total_bytes,
-        elapsed_s=time.monotonic() - started,
-        verified=verify,
-        rule=part.rule,
-        notes=part.notes,
-    )
+        try:
+            for final, entries in plan:
+                tmp = _write_file(part, final, entries, dtypes, metadata, batch_bytes, on_tensor)
+                finished.append((tmp, final))
+            if verify:
+                problems = [
+                    problem
+                    for (tmp, final), (_, entries) in zip(finished, plan, strict=True)
+                    for problem in verify_file(part, tmp, final.name, entries, dtypes, batch_bytes)
+                ]
+                if problems:
+                    raise VerifyError(verify_message(problems, nothing_published=True))
+            if len(plan) > 1:
+                index = target.directory / output.INDEX_FILE
+                weight_map = {e.name: final.name for final, entries in plan for e in entries}
+                finished.append((output.write_index(index, weight_map, total_bytes), index))
+            output.publish(target, finished)
+        except BaseException as exc:
+            output.discard([tmp for tmp, _ in finished], created)
+            if isinstance(exc, OSError):  # a full disk, a read-only directory, a quota
+                raise ExportError(
+                    f"cannot write the export to {target.path}: {describe_os_error(exc)}; "
+                    "nothing was published"
+                ) from exc
+            raise
+        return ExportResult(
+            output=target.path,
+            files=tuple(final for final, _ in plan),
+            step_dir=step_dir,
+            step=part.step,
+            dtype=dtype,
+            tensors=len(part.tensors),
+            size_bytes=total_bytes,
+            elapsed_s=time.monotonic() - started,
+            verified=verify,
+            rule=part.rule,
+            notes=part.notes,
+        )
 
 
 def verify_export(
@@ -203,29 +209,31 @@ def verify_export(
     Raises:
         VerifyError: a tensor is missing, extra, or differs, or a file cannot be read.
     """
-    step_dir = resolve_checkpoint(src, step)
-    part = plan_model_part(step_dir, include=include, exclude=exclude)
-    by_name = {e.name: e for e in part.tensors}
-    problems: list[str] = []
-    seen: set[str] = set()
-    for path in published_files(Path(out)):
-        try:
-            names, metadata = read_file_header(path)
-        except VerifyError as exc:
-            problems.append(str(exc))
-            continue
-        recorded = metadata.get("dtype")
-        if recorded not in EXPORT_DTYPES:
-            problems.append(f"{path.name}: __metadata__ dtype is {recorded!r}, not an export dtype")
-            continue
-        entries = [by_name[n] for n in names if n in by_name and n not in seen]
-        seen.update(e.name for e in entries)
-        dtypes = output_dtypes(entries, getattr(torch, recorded))
-        problems += verify_file(part, path, path.name, entries, dtypes, batch_bytes)
-    problems += [f"tensor {n!r} is missing from the output" for n in by_name if n not in seen]
-    if problems:
-        raise VerifyError(verify_message(problems, nothing_published=False))
-    return len(seen)
+    with leased_checkpoint(src, step) as step_dir:
+        part = plan_model_part(step_dir, include=include, exclude=exclude)
+        by_name = {e.name: e for e in part.tensors}
+        problems: list[str] = []
+        seen: set[str] = set()
+        for path in published_files(Path(out)):
+            try:
+                names, metadata = read_file_header(path)
+            except VerifyError as exc:
+                problems.append(str(exc))
+                continue
+            recorded = metadata.get("dtype")
+            if recorded not in EXPORT_DTYPES:
+                problems.append(
+                    f"{path.name}: __metadata__ dtype is {recorded!r}, not an export dtype"
+                )
+                continue
+            entries = [by_name[n] for n in names if n in by_name and n not in seen]
+            seen.update(e.name for e in entries)
+            dtypes = output_dtypes(entries, getattr(torch, recorded))
+            problems += verify_file(part, path, path.name, entries, dtypes, batch_bytes)
+        problems += [f"tensor {n!r} is missing from the output" for n in by_name if n not in seen]
+        if problems:
+            raise VerifyError(verify_message(problems, nothing_published=False))
+        return len(seen)
 
 
 def _check_options(dtype: str, max_shard_size: int, batch_bytes: int) -> torch.dtype:

@@ -30,10 +30,10 @@ from kempnerforge.checkpoint.store.layout import (
     parse_step,
     pp_stage_dirs,
     read_metadata_json,
-    recorded_pp_stages,
     step_dir_name,
 )
 from kempnerforge.checkpoint.store.selection import newest_complete, resolve_checkpoint
+from kempnerforge.checkpoint.store.verify import verify_checkpoint
 from kempnerforge.config.checkpoint import CheckpointConfig
 from kempnerforge.config.loader import config_to_dict
 from kempnerforge.errors import (
@@ -194,7 +194,8 @@ def run_retention(root: Path, config: CheckpointConfig) -> None:
         collect_garbage(root, config, wait_lock_s=0.0)
     except LockBusyError as exc:
         logger.warning("retention skipped this round (another process holds the lock): %s", exc)
-    except (OSError, KempnerForgeError) as exc:
+    except (OSError, KempnerForgeError, RecursionError, ValueError) as exc:
+        # Whatever is on disk (a hostile metadata.json, a full disk), training goes on.
         logger.error("retention failed under %s: %s; run 'kf-ckpt gc'", root, exc)
 
 
@@ -204,15 +205,17 @@ def resolve_resume_dir(
     """The checkpoint a resume loads: ``path``, else ``load_path``, else ``<root>/latest``.
 
     ``path`` / ``load_path`` may name any directory holding a DCP checkpoint, whatever its name
-    and whoever wrote it. When ``latest`` is missing, outside the root or names an incomplete
-    checkpoint, the newest complete checkpoint is used instead, with a logged warning. None --
-    a fresh start from step 0 -- only for a root that holds no checkpoint directory at all.
+    and whoever wrote it. Every candidate gets the full check (its ``.metadata`` parsed through
+    the allowlist, every shard it names present in full). When ``latest`` is missing, outside
+    the root or names an incomplete or corrupt checkpoint, the newest verifiably complete one
+    is used instead, with a logged warning (corrupt ones passed over are named too). None -- a
+    fresh start from step 0 -- only for a root that holds no checkpoint directory at all.
 
     Raises:
         CheckpointNotFoundError: ``path`` / ``load_path`` is given but does not exist (a wrong
             path must never turn into a silent restart from step 0).
-        CorruptCheckpointError: the explicitly named checkpoint is incomplete, or checkpoint
-            directories exist (or ``latest`` names one) but none is complete.
+        CorruptCheckpointError: the explicitly named checkpoint is incomplete or corrupt, or
+            checkpoint directories exist (or ``latest`` names one) but none is complete.
     """
     explicit = path if path is not None else load_path
     if explicit is not None:
@@ -228,20 +231,24 @@ def resolve_resume_dir(
     link = read_latest(root)
     if link.warning:
         logger.warning("%s: %s", root, link.warning)
-    fallback = newest_complete(root)
     if link.step is not None:
         linked = root / step_dir_name(link.step)
-        status = check_complete(linked, pp_stages=recorded_pp_stages(linked))
-        if status.complete:
+        verdict = verify_checkpoint(linked)
+        if verdict.complete:
             return linked
-        if fallback is not None:
-            logger.warning(
-                "%s: latest -> %s is incomplete (%s); falling back to %s",
-                root,
-                linked.name,
-                status.reason,
-                fallback.name,
-            )
+    passed_over: list[str] = []
+    fallback = newest_complete(root, skipped=passed_over)
+    for line in passed_over:
+        logger.warning("%s: %s; not resumed from (remove it by hand once inspected)", root, line)
+    if link.step is not None:
+        logger.warning(
+            "%s: latest -> %s is %s (%s); falling back to %s",
+            root,
+            linked.name,
+            "corrupt" if verdict.corrupt else "incomplete",
+            verdict.reason,
+            fallback.name if fallback else "no checkpoint (starting from step 0)",
+        )
     elif fallback is not None:
         logger.warning("%s: no usable 'latest'; resuming from %s", root, fallback.name)
     if fallback is None and (link.step is not None or list_step_dirs(root)):
@@ -253,8 +260,9 @@ def _no_complete_checkpoint(root: Path, latest_step: int | None) -> str:
     """Why a root with checkpoint directories, none complete, is not a fresh start."""
     found = []
     for _, step_dir in reversed(list_step_dirs(root)):
-        status = check_complete(step_dir, pp_stages=recorded_pp_stages(step_dir))
-        found.append(f"{step_dir.name} (incomplete: {status.reason})")
+        verdict = verify_checkpoint(step_dir)
+        state = "corrupt" if verdict.corrupt else "incomplete"
+        found.append(f"{step_dir.name} ({state}: {verdict.reason})")
     shown = ", ".join(found[:5]) + (f", and {len(found) - 5} more" if len(found) > 5 else "")
     latest = f"; latest -> {step_dir_name(latest_step)}" if latest_step is not None else ""
     return (

@@ -22,6 +22,7 @@ from typing import Any, cast
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.state_dict import (
@@ -34,7 +35,8 @@ from torch.distributed.checkpoint.state_dict import (
 
 from kempnerforge.checkpoint.export._dcp_meta import (
     MODEL_KEY,
-    KnownMetadataReader,
+    SafeFileSystemReader,
+    load_error,
     read_dcp_metadata,
 )
 from kempnerforge.errors import ConfigError
@@ -157,12 +159,15 @@ def load_dcp_state(
         request = model_sd
     if not partial and model_sd is not None:
         _check_model_keys(tree, metadata, model_sd, ours)
-    dcp.load(
-        request,
-        storage_reader=KnownMetadataReader(tree, metadata),
-        process_group=process_group,
-        planner=DefaultLoadPlanner(allow_partial_load=partial),
-    )
+    try:
+        dcp.load(
+            request,
+            storage_reader=SafeFileSystemReader(tree, metadata),
+            process_group=process_group,
+            planner=DefaultLoadPlanner(allow_partial_load=partial),
+        )
+    except CheckpointException as exc:  # a BaseException: a missing or short shard, one line
+        raise load_error(exc, tree) from exc
     if model_sd is not None:
         strict = not exclusions.fqns and not partial
         set_model_state_dict(model, model_sd, options=StateDictOptions(strict=strict))

@@ -17,10 +17,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from kempnerforge.checkpoint.store.layout import LOCK_NAME
+from kempnerforge.checkpoint.store.layout import LOCK_NAME, READERS_NAME, parse_step
 from kempnerforge.errors import LockBusyError, RetentionError
 
-__all__ = ["hold_lock"]
+__all__ = ["ReaderGuard", "hold_lock", "lock_is_held", "read_lease"]
 
 _POLL_MIN_S = 0.01
 _POLL_MAX_S = 0.2
@@ -57,6 +57,97 @@ def hold_lock(root: Path, *, wait_lock_s: float = 0.0) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def read_lease(step_dir: Path) -> Iterator[bool]:
+    """Hold a read lease on the checkpoint ``step_dir`` for the ``with`` block: gc skips it.
+
+    A shared ``lockf`` byte-range lock on byte ``step`` of ``<root>/.kf-ckpt.readers``; gc takes
+    the same byte exclusively (without waiting) while it moves a victim away, and leaves a
+    checkpoint whose byte is held for a later round. Taking the lease waits for a gc that is
+    moving this very checkpoint (milliseconds): afterwards the caller must check that it still
+    exists. Yields False when no lease could be taken (a read-only root: nothing of ours may be
+    written there, and the read goes ahead unprotected), or ``step_dir`` is not a ``step_<N>``.
+    """
+    step = parse_step(step_dir.name)
+    fd = None if step is None else _open_readers(step_dir.parent, create=True)
+    if step is None or fd is None:
+        yield False
+        return
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_SH, 1, step)
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # releases the lease
+
+
+def _open_readers(root: Path, *, create: bool) -> int | None:
+    flags = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(root / READERS_NAME, flags | os.O_RDWR | (os.O_CREAT if create else 0), 0o666)
+        with contextlib.suppress(OSError):  # any user of the root may lock it (not our umask's)
+            os.fchmod(fd, 0o666)
+        return fd
+    except OSError:
+        try:
+            return os.open(root / READERS_NAME, flags | os.O_RDONLY)
+        except OSError:
+            return None
+
+
+class ReaderGuard:
+    """gc's side of the read leases of one root: hold a victim's byte while it is moved."""
+
+    def __init__(self, root: Path) -> None:
+        self._fd = _open_readers(root, create=False)
+
+    def try_exclusive(self, step: int) -> bool:
+        """Take byte ``step`` exclusively; False when a reader holds it (do not delete)."""
+        if self._fd is None:
+            return True
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, step)
+        except (BlockingIOError, PermissionError):
+            return False
+        except OSError:
+            return True  # a file system without byte-range locks: no leases to honour
+        return True
+
+    def release(self, step: int) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, step)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def lock_is_held(root: Path) -> bool:
+    """Does some process hold the lock of ``root`` right now (a gc deleting, a save replacing)?
+
+    Tested with a shared, non-blocking ``flock`` that is released at once; nothing is created.
+    False when there is no lock file or it cannot be opened.
+    """
+    try:
+        fd = os.open(root / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # releases the shared lock, if taken
+    return False
 
 
 def _acquire(fd: int, path: Path, wait_lock_s: float) -> None:

@@ -16,15 +16,18 @@ import errno
 import os
 import stat
 
-from kempnerforge.checkpoint.store.layout import TRASH_NAME
+from kempnerforge.checkpoint.store.layout import DCP_METADATA, TRASH_NAME
 from kempnerforge.errors import RetentionError
 
 __all__ = [
+    "NO_SPACE",
     "clear_trash",
     "describe_error",
     "grant_owner",
     "move_to_trash",
+    "no_space",
     "open_trash",
+    "remove_in_place",
     "remove_tree",
 ]
 
@@ -56,6 +59,51 @@ def open_trash(root_fd: int, *, create: bool) -> int | None:
                 f"file); gc moves nothing until it is removed: rm {TRASH_NAME}"
             ) from exc
         raise RetentionError(f"cannot open {TRASH_NAME}: {exc.strerror}") from exc
+
+
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""The errors of a full disk or an exhausted quota: the trash cannot be made, delete in place."""
+
+
+def no_space(exc: BaseException) -> bool:
+    """``exc`` (or the OS error behind it) says the disk or the quota is full."""
+    cause = exc if isinstance(exc, OSError) else exc.__cause__
+    return isinstance(cause, OSError) and cause.errno in NO_SPACE
+
+
+def remove_in_place(root_fd: int, name: str) -> None:
+    """Remove the checkpoint directory ``name`` of the root where it is (no trash).
+
+    For a full disk, where the trash cannot be created. Crash-safe order: first every DCP
+    ``.metadata`` marker (the step directory's and each ``pp<k>/`` stage's) is unlinked and the
+    directory fsync'ed, so that a run killed half-way leaves an incomplete directory that can
+    never be taken for a checkpoint (the next gc removes it as abandoned); then the rest goes,
+    never following a symlink (see :func:`remove_tree`).
+
+    Raises:
+        OSError: something could not be removed.
+    """
+    fd = os.open(name, _DIR_FLAGS, dir_fd=root_fd)
+    try:
+        for child in os.listdir(fd):
+            if child.startswith("pp"):
+                with contextlib.suppress(OSError):  # not a stage directory, or unreadable
+                    stage = os.open(child, _DIR_FLAGS, dir_fd=fd)
+                    try:
+                        _unlink_marker(stage)
+                    finally:
+                        os.close(stage)
+        _unlink_marker(fd)
+    finally:
+        os.close(fd)
+    remove_tree(root_fd, name, is_dir=True)
+
+
+def _unlink_marker(dir_fd: int) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(DCP_METADATA, dir_fd=dir_fd)
+    with contextlib.suppress(OSError):
+        os.fsync(dir_fd)
 
 
 def move_to_trash(parent_fd: int, name: str, trash_fd: int, trash_name: str) -> None:

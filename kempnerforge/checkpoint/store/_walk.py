@@ -80,6 +80,8 @@ class StepWalk:
     """A ``.metadata`` marker is a symlink: completeness depends on something outside the tree."""
     has_pin: bool = False
     """The step directory holds a pin file (its mtime is not the checkpoint's age)."""
+    empty_markers: list[str] = field(default_factory=list)
+    """Relative paths of the directories whose ``.metadata`` is empty (0 bytes): corrupt."""
 
 
 def walk_step_dir(parent_fd: int, name: str) -> StepWalk:
@@ -164,6 +166,8 @@ def _list(fd: int, rel: str, walk: StepWalk) -> tuple[bool, bool, list[str]]:
                 if name == marker:
                     has_metadata = _is_file(fd, mode)
                     walk.marker_via_symlink |= has_metadata and not stat.S_ISREG(mode)
+                    if has_metadata and stat.S_ISREG(mode) and st.st_size == 0:
+                        walk.empty_markers.append(rel or "./")
             size += st.st_size
             if st.st_mtime > mtime:
                 mtime = st.st_mtime
@@ -196,7 +200,10 @@ def checkpoint_fields(
     if meta is None:
         meta = read_metadata_json(name, dir_fd=root_fd)
     data = meta.data or {}
-    warnings = [*walk.warnings, *([meta.warning] if meta.warning else [])]
+    # A save writes metadata.json early but not first: its absence in an unfinished save is
+    # normal, and warning about it on every cron run would only be noise.
+    quiet = meta.data is None and not walk.has_dcp_metadata and not walk.stages and meta.missing
+    warnings = [*walk.warnings, *([meta.warning] if meta.warning and not quiet else [])]
     unreadable = [f"pp{k}/" for k, ok in sorted(walk.stages.items()) if ok is None]
     scan_error = None
     if not walk.listed or unreadable:
@@ -213,9 +220,16 @@ def checkpoint_fields(
         )
     else:
         status = _single_stage_status(walk.has_dcp_metadata)
+    complete = status.complete and scan_error is None
+    reason = scan_error or status.reason
+    corrupt = complete and bool(walk.empty_markers)
+    if corrupt:
+        where = ", ".join(m for m in walk.empty_markers if m != "./")
+        complete = False
+        reason = f"DCP {DCP_METADATA} is empty (0 bytes)" + (f" in {where}" if where else "")
     return {
-        "complete": status.complete and scan_error is None,
-        "incomplete_reason": scan_error or status.reason,
+        "complete": complete,
+        "incomplete_reason": reason,
         "tokens_seen": _recorded_int(data, "tokens_seen", warnings),
         "dynamic_milestone": _recorded_flag(data, warnings),
         "recorded_config": _recorded_config(data, warnings),
@@ -227,6 +241,8 @@ def checkpoint_fields(
         "warnings": tuple(warnings + _step_mismatch(data, step)),
         "scan_error": scan_error,
         "size_known": True,
+        "corrupt": corrupt,
+        "verified": False,
     }
 
 

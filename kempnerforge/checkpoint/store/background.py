@@ -37,7 +37,12 @@ from kempnerforge.checkpoint.store._light_scan import probe_complete, scan_light
 from kempnerforge.checkpoint.store._lock import hold_lock
 from kempnerforge.checkpoint.store._trash import clear_trash, open_trash
 from kempnerforge.checkpoint.store.catalog import check_root, scan
-from kempnerforge.checkpoint.store.collect import GcResult, apply_locked, relied_upon
+from kempnerforge.checkpoint.store.collect import (
+    GcResult,
+    apply_locked,
+    relied_upon,
+    verify_deletions,
+)
 from kempnerforge.checkpoint.store.layout import TRASH_NAME
 from kempnerforge.checkpoint.store.retention import RetentionPlan, plan_retention
 from kempnerforge.config.checkpoint import CheckpointConfig
@@ -73,6 +78,9 @@ def retire_victims(root: str | Path, config: CheckpointConfig) -> GcResult:
         if catalog.cache_hits and plan.to_delete and not _probed_complete(plan):
             catalog = scan(path, use_cache=False)  # the cache was wrong: trust only a full walk
             plan = plan_retention(catalog, config)
+        # A deletion must rest on verifiably complete checkpoints, and a corrupt one is never
+        # a victim: the full check (manifest parsed through the allowlist, shards stat'ed).
+        catalog, plan = verify_deletions(catalog, plan, config)
         applied = apply_locked(plan, defer_removal=True)
     return GcResult(catalog=catalog, plan=plan, applied=applied)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,8 +28,10 @@ from kempnerforge.checkpoint.store.layout import (
     LATEST_NAME,
     LOCK_NAME,
     POLICY_NAME,
+    READERS_NAME,
     TRASH_NAME,
     holds_dcp_checkpoint,
+    is_checkpoint_dir,
     parse_step,
 )
 from kempnerforge.errors import CheckpointRootError
@@ -73,6 +76,13 @@ class CheckpointInfo:
     """False when a light scan (the manager's retention round) did not walk this complete
     checkpoint: ``size_bytes`` and ``file_count`` are then 0 and ``mtime_s`` is the directory's
     own mtime (see :mod:`kempnerforge.checkpoint.store._light_scan`)."""
+    corrupt: bool = False
+    """Its marker is there but it is unusable (an empty or unreadable ``.metadata``, a missing
+    or short shard): never complete, never deleted automatically. ``incomplete_reason`` says
+    why. A scan finds empty markers; the rest takes the full check
+    (:mod:`kempnerforge.checkpoint.store.verify`)."""
+    verified: bool = False
+    """The full check passed (a scan alone checks only the markers)."""
 
     @property
     def pinned(self) -> bool:
@@ -146,7 +156,8 @@ def check_root(root: str | Path) -> Path:
     """``root`` as a Path, after checking it is an existing directory.
 
     Raises:
-        CheckpointRootError: ``root`` is missing, not a directory, or cannot be read.
+        CheckpointRootError: ``root`` is missing, not a directory, cannot be read, or is one
+            checkpoint (a ``step_<N>`` directory) rather than a root.
     """
     path = Path(root)
     try:
@@ -161,10 +172,17 @@ def check_root(root: str | Path) -> Path:
         raise CheckpointRootError(
             f"checkpoint root {path} is not a directory; pass the directory holding step_<N>/"
         )
+    if parse_step(path.name) is not None and is_checkpoint_dir(path):
+        raise CheckpointRootError(
+            f"{path} is a checkpoint (step {parse_step(path.name)}), not a checkpoint root: "
+            f"pass its root {path.parent}, or see what it holds with 'kf-ckpt show {path}'"
+        )
     return path
 
 
-def scan(root: str | Path, *, use_cache: bool = True) -> Catalog:
+def scan(
+    root: str | Path, *, use_cache: bool = True, verify: bool | Collection[int] = False
+) -> Catalog:
     """List the checkpoints under ``root`` with completeness, metadata, size and file count.
 
     One walk per checkpoint that lists each directory once, stats every entry once and
@@ -176,6 +194,12 @@ def scan(root: str | Path, *, use_cache: bool = True) -> Catalog:
     match) is not walked again: a couple of ``lstat`` calls instead of one per file. The cache
     is then updated when something changed; a root that cannot be written is scanned all the
     same. ``use_cache=False`` neither reads nor writes it.
+
+    With ``verify`` (True, or the steps to check), every checkpoint that looks complete also
+    gets the full check of
+    :func:`~kempnerforge.checkpoint.store.verify.verify_checkpoint` (its manifest parsed, its
+    shards stat'ed); a pass is remembered in the scan cache, so the next scan with ``verify``
+    re-checks only what changed. Without it, only the markers are checked.
 
     Raises:
         CheckpointRootError: ``root`` is missing, not a directory, or cannot be read.
@@ -211,6 +235,13 @@ def scan(root: str | Path, *, use_cache: bool = True) -> Catalog:
                         continue  # removed meanwhile (a concurrent gc)
                 fields["step"], fields["path"] = step, path / name
                 fields["is_latest"] = step == latest_step
+                if (
+                    verify
+                    and fields["complete"]
+                    and not fields["verified"]
+                    and (verify is True or step in verify)
+                ):
+                    _verify_fields(fields, name, cache)
                 checkpoints.append(_checkpoint_info(fields))
                 continue
             if is_cache_entry(entry.name):
@@ -225,10 +256,7 @@ def scan(root: str | Path, *, use_cache: bool = True) -> Catalog:
         os.close(root_fd)
     warnings = [latest.warning] if latest.warning else []
     if trash_entries:
-        warnings.append(
-            f"{trash_entries} entries in {TRASH_NAME} left by an interrupted gc; "
-            "the next gc removes them"
-        )
+        warnings.append(_trash_warning(path, trash_entries))
     checkpoints.sort(key=lambda c: c.step)
     skipped.sort(key=lambda s: s.name)
     return Catalog(
@@ -241,6 +269,14 @@ def scan(root: str | Path, *, use_cache: bool = True) -> Catalog:
         scanned_at_s=scanned_at_s,
         cache_hits=cache.hits,
     )
+
+
+def _trash_warning(root: Path, entries: int) -> str:
+    from kempnerforge.checkpoint.store._lock import lock_is_held
+
+    if lock_is_held(root):
+        return f"{entries} entries in {TRASH_NAME}, being removed by the gc that holds the lock"
+    return f"{entries} entries in {TRASH_NAME} left by an interrupted gc; the next gc removes them"
 
 
 def _skipped(
@@ -256,6 +292,8 @@ def _skipped(
         reason = "a file being published (written under a temp name, then renamed into place)"
     elif name == POLICY_NAME:
         reason = "the retention policy recorded by kf-ckpt mark"
+    elif name == READERS_NAME:
+        reason = "the read-lease file of export and show"
     elif name == TRASH_NAME:
         real = entry.is_dir(follow_symlinks=False)
         reason = (
@@ -300,6 +338,20 @@ def _checkpoint_info(fields: dict[str, Any]) -> CheckpointInfo:
     info = object.__new__(CheckpointInfo)
     info.__dict__.update(fields)
     return info
+
+
+def _verify_fields(fields: dict[str, Any], name: str, cache: ScanCache) -> None:
+    """Run the full check on a checkpoint that looks complete; remember a pass in the cache."""
+    from kempnerforge.checkpoint.store.verify import verify_checkpoint
+
+    verdict = verify_checkpoint(fields["path"])
+    if verdict.complete:
+        fields["verified"] = True
+        cache.mark_verified(name)
+    else:
+        fields["complete"], fields["corrupt"] = False, verdict.corrupt
+        fields["incomplete_reason"] = verdict.reason
+        cache.forget(name)
 
 
 def _walked(

@@ -31,23 +31,19 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from kempnerforge.checkpoint.store._lock import hold_lock
+from kempnerforge.checkpoint.store._lock import ReaderGuard, hold_lock
 from kempnerforge.checkpoint.store._trash import (
     clear_trash,
     describe_error,
     move_to_trash,
+    no_space,
     open_trash,
+    remove_in_place,
     remove_tree,
 )
 from kempnerforge.checkpoint.store.catalog import Catalog, check_root, scan
 from kempnerforge.checkpoint.store.files import read_latest, unique_suffix
-from kempnerforge.checkpoint.store.layout import (
-    PIN_NAME,
-    TRASH_NAME,
-    check_complete,
-    recorded_pp_stages,
-    step_dir_name,
-)
+from kempnerforge.checkpoint.store.layout import PIN_NAME, TRASH_NAME, step_dir_name
 from kempnerforge.checkpoint.store.retention import Decision, Reason, RetentionPlan, plan_retention
 from kempnerforge.config.checkpoint import CheckpointConfig
 from kempnerforge.errors import RetentionError
@@ -61,6 +57,7 @@ __all__ = [
     "collect_garbage",
     "hold_lock",
     "relied_upon",
+    "verify_deletions",
 ]
 
 
@@ -92,6 +89,8 @@ class ApplyResult:
     in_trash: tuple[Decision, ...] = ()
     """Victims renamed into the trash whose files are left for a background emptier
     (:mod:`kempnerforge.checkpoint.store.background`): gone from the root, bytes not freed yet."""
+    in_place: bool = False
+    """The disk was too full to create the trash: victims were deleted where they were."""
     warnings: tuple[str, ...] = ()
 
     @property
@@ -120,9 +119,9 @@ def collect_garbage(
 
     The lock is taken once and the scan, the plan and the deletions all happen under it. With
     ``dry_run`` the plan is made without the lock and nothing is deleted. The scan may use the
-    scan cache; before deleting, the completeness of the checkpoints the plan keeps in the
-    victims' place is checked on disk, and on any doubt the root is walked in full and planned
-    again. Each victim is re-checked on disk, never from the cache (see :func:`apply_plan`).
+    scan cache; before deleting, every checkpoint the deletions depend on gets the full check
+    (see :func:`_verified_plan`), and a corrupt one is kept and no longer counts. Each victim is
+    re-checked on disk before it goes, never from the cache (see :func:`apply_plan`).
 
     Raises:
         CheckpointRootError: ``root`` is missing or not a directory.
@@ -138,28 +137,68 @@ def collect_garbage(
     """
     path = check_root(root)
     if dry_run:
-        catalog = scan(path)
-        return GcResult(catalog=catalog, plan=plan_retention(catalog, config), applied=None)
+        catalog, plan = _verified_plan(path, config)
+        return GcResult(catalog=catalog, plan=plan, applied=None)
     with hold_lock(path, wait_lock_s=wait_lock_s):
-        catalog = scan(path)
-        plan = plan_retention(catalog, config)
-        if catalog.cache_hits and plan.to_delete and not _still_complete(plan):
-            catalog = scan(path, use_cache=False)  # the cache was wrong: trust only a full walk
-            plan = plan_retention(catalog, config)
+        catalog, plan = _verified_plan(path, config)
         applied = apply_locked(plan)
     return GcResult(catalog=catalog, plan=plan, applied=applied)
 
 
-def _still_complete(plan: RetentionPlan) -> bool:
-    """Are the complete checkpoints that let the plan delete others still complete, live?
+def _verified_plan(root: Path, config: CheckpointConfig | None) -> tuple[Catalog, RetentionPlan]:
+    """Scan and plan, with every checkpoint that a deletion depends on fully checked first.
 
-    The scan may have taken them from its cache; before anything is deleted on their account
-    (the newest complete one and the ``keep_last_n`` window), their markers are checked on disk.
+    A victim is deleted because newer complete checkpoints take its place: before that is
+    trusted, each complete checkpoint newer than the oldest victim, and each complete victim
+    (a corrupt one is never deleted automatically), gets the full check of
+    :func:`~kempnerforge.checkpoint.store.verify.verify_checkpoint` -- once: a pass is kept in
+    the scan cache, valid while the stamps of the checkpoint's directories are. One that fails
+    stops counting as complete, so the plan is made again; this repeats until the plan's
+    deletions rest on verified checkpoints only.
     """
-    return all(
-        check_complete(d.path, pp_stages=recorded_pp_stages(d.path)).complete
-        for d in relied_upon(plan)
-    )
+    catalog = scan(root)
+    plan = plan_retention(catalog, config)
+    checked: set[int] = set()
+    while plan.to_delete:
+        oldest = plan.to_delete[0].step
+        pending = {
+            c.step
+            for c in catalog.checkpoints
+            if c.complete and not c.verified and c.step >= oldest and c.step not in checked
+        }
+        if not pending:
+            break
+        catalog = scan(root, verify=pending)
+        checked |= pending
+        plan = plan_retention(catalog, config)
+    return catalog, plan
+
+
+def verify_deletions(
+    catalog: Catalog, plan: RetentionPlan, config: CheckpointConfig | None
+) -> tuple[Catalog, RetentionPlan]:
+    """:func:`_verified_plan` for a catalog made otherwise (the manager's light scan).
+
+    The checkpoints the deletions depend on that the catalog does not already know to be
+    verified get the full check on disk (nothing is written to the scan cache); the plan is
+    made again until its deletions rest on verified checkpoints only.
+    """
+    from kempnerforge.checkpoint.store.verify import verify_catalog
+
+    checked: set[int] = set()
+    while plan.to_delete:
+        oldest = plan.to_delete[0].step
+        pending = {
+            c.step
+            for c in catalog.checkpoints
+            if c.complete and not c.verified and c.step >= oldest and c.step not in checked
+        }
+        if not pending:
+            break
+        catalog = verify_catalog(catalog, pending)
+        checked |= pending
+        plan = plan_retention(catalog, config)
+    return catalog, plan
 
 
 def relied_upon(plan: RetentionPlan) -> list[Decision]:
@@ -199,6 +238,7 @@ class _Progress:
     vanished: list[Decision]
     failed: list[NotDeleted]
     skipped: list[NotDeleted]
+    in_place: bool = False
 
 
 def apply_locked(plan: RetentionPlan, *, defer_removal: bool = False) -> ApplyResult:
@@ -215,7 +255,12 @@ def apply_locked(plan: RetentionPlan, *, defer_removal: bool = False) -> ApplyRe
     except OSError as exc:
         raise RetentionError(f"cannot open checkpoint root {root}: {exc.strerror}") from exc
     try:
-        trash_fd = open_trash(root_fd, create=bool(victims))
+        try:
+            trash_fd = open_trash(root_fd, create=bool(victims))
+        except RetentionError as exc:
+            if not no_space(exc):
+                raise
+            return _apply_in_place(root_fd, root, victims, progress)
         if trash_fd is None:
             return ApplyResult()
         try:
@@ -245,8 +290,66 @@ def apply_locked(plan: RetentionPlan, *, defer_removal: bool = False) -> ApplyRe
         bytes_freed=sum(d.size_bytes for d in progress.deleted),
         trash_cleared=cleared,
         in_trash=in_trash,
-        warnings=tuple(warnings),
+        in_place=progress.in_place,
+        warnings=tuple(warnings + _in_place_warning(root, progress.in_place)),
     )
+
+
+def _apply_in_place(
+    root_fd: int, root: Path, victims: tuple[Decision, ...], progress: _Progress
+) -> ApplyResult:
+    """Delete each victim where it is: the disk is too full to create the trash.
+
+    Each is re-checked as for the trash, then removed markers first (see
+    :func:`~kempnerforge.checkpoint.store._trash.remove_in_place`).
+    """
+    readers = ReaderGuard(root)
+    try:
+        for decision in victims:
+            name = step_dir_name(decision.step)
+            refusal = _recheck(root_fd, root, name, decision, readers)
+            if refusal is _VANISHED:
+                progress.vanished.append(decision)
+            elif refusal is not None:
+                progress.skipped.append(
+                    NotDeleted(step=decision.step, path=decision.path, reason=refusal)
+                )
+            else:
+                try:
+                    _delete_in_place(root_fd, name, decision, progress)
+                finally:
+                    readers.release(decision.step)
+    finally:
+        readers.close()
+    return ApplyResult(
+        deleted=tuple(progress.deleted),
+        vanished=tuple(progress.vanished),
+        failed=tuple(progress.failed),
+        skipped=tuple(progress.skipped),
+        bytes_freed=sum(d.size_bytes for d in progress.deleted),
+        in_place=True,
+        warnings=tuple(_in_place_warning(root, True)),
+    )
+
+
+def _in_place_warning(root: Path, in_place: bool) -> list[str]:
+    if not in_place:
+        return []
+    return [
+        f"no space for {TRASH_NAME} in {root}: deleted in place instead (completeness markers "
+        "first, so a half-deleted directory never looks complete)"
+    ]
+
+
+def _delete_in_place(root_fd: int, name: str, decision: Decision, progress: _Progress) -> None:
+    progress.in_place = True
+    try:
+        remove_in_place(root_fd, name)
+        progress.deleted.append(decision)
+    except (OSError, RecursionError) as exc:
+        why = describe_error(exc)
+        reason = f"deleting it in place failed: {why}; its marker is gone, gc retries"
+        progress.failed.append(_failure(decision, reason))
 
 
 def _move_to_trash(
@@ -258,34 +361,49 @@ def _move_to_trash(
 ) -> list[tuple[Decision, str]]:
     """Re-check each victim and rename it into the trash; return (victim, trash name) pairs."""
     moved: list[tuple[Decision, str]] = []
-    for decision in victims:
-        name = step_dir_name(decision.step)
-        refusal = _recheck(root_fd, root, name, decision)
-        if refusal is _VANISHED:
-            progress.vanished.append(decision)
-            continue
-        if refusal is not None:
-            progress.skipped.append(
-                NotDeleted(step=decision.step, path=decision.path, reason=refusal)
-            )
-            continue
-        trash_name = f"{name}.{unique_suffix()}"
-        try:
-            move_to_trash(root_fd, name, trash_fd, trash_name)
-        except FileNotFoundError:
-            progress.vanished.append(decision)
-            continue
-        except OSError as exc:
-            progress.failed.append(
-                _failure(decision, f"cannot move it: {describe_error(exc)}; untouched")
-            )
-            continue
-        moved.append((decision, trash_name))
+    readers = ReaderGuard(root)
+    try:
+        for decision in victims:
+            name = step_dir_name(decision.step)
+            refusal = _recheck(root_fd, root, name, decision, readers)
+            if refusal is _VANISHED:
+                progress.vanished.append(decision)
+                continue
+            if refusal is not None:
+                progress.skipped.append(
+                    NotDeleted(step=decision.step, path=decision.path, reason=refusal)
+                )
+                continue
+            trash_name = f"{name}.{unique_suffix()}"
+            try:
+                move_to_trash(root_fd, name, trash_fd, trash_name)
+            except FileNotFoundError:
+                progress.vanished.append(decision)
+                continue
+            except OSError as exc:
+                if no_space(exc):  # the rename needs room the disk no longer has
+                    _delete_in_place(root_fd, name, decision, progress)
+                else:
+                    progress.failed.append(
+                        _failure(decision, f"cannot move it: {describe_error(exc)}; untouched")
+                    )
+                continue
+            finally:
+                readers.release(decision.step)
+            moved.append((decision, trash_name))
+    finally:
+        readers.close()
     return moved
 
 
-def _recheck(root_fd: int, root: Path, name: str, decision: Decision) -> str | None:
-    """Why ``decision``'s victim must not be deleted now, ``_VANISHED``, or None to go ahead."""
+def _recheck(
+    root_fd: int, root: Path, name: str, decision: Decision, readers: ReaderGuard
+) -> str | None:
+    """Why ``decision``'s victim must not be deleted now, ``_VANISHED``, or None to go ahead.
+
+    Going ahead, the victim's read-lease byte is held (``readers.release`` it once it is moved):
+    an export or show that starts meanwhile waits, then finds it gone.
+    """
     if decision.path != root / name:
         return f"{decision.path} is not the directory {name} directly inside {root}"
     try:
@@ -301,6 +419,8 @@ def _recheck(root_fd: int, root: Path, name: str, decision: Decision) -> str | N
     with contextlib.suppress(FileNotFoundError):
         os.lstat(f"{name}/{PIN_NAME}", dir_fd=root_fd)
         return f"{name} is now pinned"
+    if not readers.try_exclusive(decision.step):
+        return f"{name} is being read (an export or show holds a read lease); a later gc deletes it"
     return None
 
 

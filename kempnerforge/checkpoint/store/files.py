@@ -87,8 +87,9 @@ def read_latest(root: Path) -> LatestLink:
     """Where ``<root>/latest`` points.
 
     Honoured only when it is a symlink whose target is a direct child ``step_<N>`` of ``root``
-    that is a real directory (not itself a symlink). Anything else (``/etc``, ``..``, a loop, a
-    dangling link) is reported and ignored.
+    that is a real directory (not itself a symlink): a relative ``step_<N>``, or an absolute
+    path whose parent is ``root`` itself. Anything else (``/etc``, ``..``, a loop, a dangling
+    link) is reported and ignored.
     """
     link = root / LATEST_NAME
     try:
@@ -98,7 +99,9 @@ def read_latest(root: Path) -> LatestLink:
     except OSError as exc:
         return LatestLink(step=None, warning=f"{LATEST_NAME} is not a symlink ({exc.strerror})")
     norm = os.path.normpath(target)
-    step = parse_step(norm) if os.sep not in norm and not os.path.isabs(target) else None
+    if os.path.isabs(norm) and _same_dir(os.path.dirname(norm), root):
+        norm = os.path.basename(norm)
+    step = parse_step(norm) if os.sep not in norm and not os.path.isabs(norm) else None
     if step is None:
         return LatestLink(
             step=None,
@@ -113,6 +116,13 @@ def read_latest(root: Path) -> LatestLink:
             warning=f"{LATEST_NAME} -> {target} is not a directory; ignored",
         )
     return LatestLink(step=step, target=target)
+
+
+def _same_dir(a: str, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def fsync_dir(path: Path) -> None:

@@ -16,14 +16,17 @@ Kept, in this order of precedence (the first rule that applies is the reason sho
    milestones never use up ``keep_last_n`` slots;
 3. ``pinned``: the checkpoint has a pin file (:mod:`kempnerforge.checkpoint.store.pins`); its
    note is in the detail; pins never use up ``keep_last_n`` slots either;
-4. ``in_flight``: incomplete, and either newer than the newest complete checkpoint or written
+4. ``corrupt``: its ``.metadata`` is there but the checkpoint is unusable (see
+   :mod:`kempnerforge.checkpoint.store.verify`): never deleted automatically, it may be the
+   evidence of what went wrong; a person removes it by hand;
+5. ``in_flight``: incomplete, and either newer than the newest complete checkpoint or written
    to within :data:`IN_FLIGHT_GRACE_S` of the scan (a save may still be writing it: after a
    rollback, a run resumed from an older checkpoint saves steps below the newest complete one);
-5. ``unreadable``: completeness could not be judged (an unreadable directory); kept until it can;
-6. ``within_keep_last_n``: one of the newest ``keep_last_n`` complete checkpoints that are
+6. ``unreadable``: completeness could not be judged (an unreadable directory); kept until it can;
+7. ``within_keep_last_n``: one of the newest ``keep_last_n`` complete checkpoints that are
    neither milestones nor pinned;
-7. ``newest_complete``: the newest complete checkpoint is always kept;
-8. ``keep_all``: ``keep_last_n <= 0`` turns deletion off.
+8. ``newest_complete``: the newest complete checkpoint is always kept;
+9. ``keep_all``: ``keep_last_n <= 0`` turns deletion off.
 
 Without a retention policy (``config=None``: a root whose checkpoints record no config, used
 without a job file or ``keep_last_n``), every checkpoint is kept with the reason ``no_policy``:
@@ -76,6 +79,7 @@ class Reason(StrEnum):
 
     latest = "latest"
     milestone = "milestone"
+    corrupt = "corrupt"
     in_flight = "in_flight"
     unreadable = "unreadable"
     within_keep_last_n = "within_keep_last_n"
@@ -267,7 +271,7 @@ def _decide(
     grace_s: float,
 ) -> tuple[Action, Reason, str]:
     keep, delete = Action.keep, Action.delete
-    state = "complete" if c.complete else f"incomplete ({c.incomplete_reason})"
+    state = "complete" if c.complete else f"{_state(c)} ({c.incomplete_reason})"
     if c.is_latest:
         return keep, Reason.latest, f"target of latest; {state}"
     if milestone:
@@ -275,6 +279,13 @@ def _decide(
     if c.pin is not None:
         note = f": {c.pin.note}" if c.pin.note else ""
         return keep, Reason.pinned, f"pinned{note}; {state}"
+    if c.corrupt:
+        return (
+            keep,
+            Reason.corrupt,
+            f"corrupt ({c.incomplete_reason}); never deleted automatically: remove it by hand "
+            "once it is no longer needed as evidence",
+        )
     if not c.complete and (newest is None or c.step > newest):
         after = "no complete checkpoint yet" if newest is None else f"newer than step {newest}"
         return keep, Reason.in_flight, f"{state}, {after}: a save may be writing it"
@@ -291,6 +302,10 @@ def _decide(
     if not c.complete:
         return delete, Reason.abandoned_incomplete, f"{state}, older than step {newest}"
     return delete, Reason.beyond_keep_last_n, f"older than the newest {keep_last_n} complete"
+
+
+def _state(c: CheckpointInfo) -> str:
+    return "corrupt" if c.corrupt else "incomplete"
 
 
 def _ordinal(n: int) -> str:

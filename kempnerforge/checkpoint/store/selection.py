@@ -12,25 +12,28 @@ a second time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kempnerforge.checkpoint.store.files import read_latest
 from kempnerforge.checkpoint.store.layout import (
+    LATEST_NAME,
     METADATA_JSON,
-    check_complete,
     guess_step,
     holds_dcp_checkpoint,
     list_foreign_checkpoints,
     list_step_dirs,
     parse_step,
     read_metadata_json,
-    recorded_pp_stages,
+    step_dir_name,
 )
 from kempnerforge.checkpoint.store.policy import read_policy
+from kempnerforge.checkpoint.store.verify import verify_checkpoint
 from kempnerforge.config.checkpoint import CheckpointConfig
-from kempnerforge.config.loader import config_from_dict, load_config
+from kempnerforge.config.loader import load_config, recorded_config_from_dict
 from kempnerforge.errors import CheckpointRootError, ConfigError
 
 if TYPE_CHECKING:
@@ -38,6 +41,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ConfigSelection",
+    "RecordedConfig",
+    "leased_checkpoint",
     "newest_complete",
     "recorded_config",
     "recorded_config_of",
@@ -61,16 +66,42 @@ class ConfigSelection:
     has_policy: bool = True
     """A retention policy is known: from a job file, the root's recorded policy, a recorded
     config, or a ``keep_last_n`` given explicitly. Without one, retention deletes nothing."""
+    warnings: tuple[str, ...] = ()
+    """What the caller should tell the user (keys of a recorded config this version ignores)."""
 
 
-def recorded_config(root: Path) -> tuple[CheckpointConfig, Path] | None:
+@dataclass(frozen=True, kw_only=True)
+class RecordedConfig:
+    """The config a run recorded in a checkpoint's metadata.json, read leniently."""
+
+    config: CheckpointConfig
+    path: Path
+    """The metadata.json it was read from."""
+    ignored_keys: tuple[str, ...] = ()
+    """Keys this version does not know (written by a newer one): ignored, with a warning."""
+
+    @property
+    def warning(self) -> str | None:
+        """The one warning about the ignored keys, if any."""
+        if not self.ignored_keys:
+            return None
+        keys = ", ".join(self.ignored_keys[:8]) + (" ..." if len(self.ignored_keys) > 8 else "")
+        return (
+            f"{self.path} records keys this version does not know ({keys}), written by a "
+            "newer version?; ignored"
+        )
+
+
+def recorded_config(root: Path) -> RecordedConfig | None:
     """The config recorded by the newest checkpoint that recorded one, and its metadata.json.
 
     Reads the metadata.json files of the step directories of ``root``, newest first, until one
     records a ``"checkpoint"`` table. None when none does, or ``root`` is not a directory.
 
+    Unknown keys (a newer version wrote them) are ignored and listed in the result.
+
     Raises:
-        ConfigError: that recorded config is invalid (pass ``--config`` instead).
+        ConfigError: a known key of that recorded config has a bad value (pass ``--config``).
     """
     if not root.is_dir():
         return None
@@ -81,7 +112,7 @@ def recorded_config(root: Path) -> tuple[CheckpointConfig, Path] | None:
     return None
 
 
-def recorded_config_of(catalog: Catalog) -> tuple[CheckpointConfig, Path] | None:
+def recorded_config_of(catalog: Catalog) -> RecordedConfig | None:
     """:func:`recorded_config` of a scanned root, from its catalog (no file is read again).
 
     Raises:
@@ -93,11 +124,12 @@ def recorded_config_of(catalog: Catalog) -> tuple[CheckpointConfig, Path] | None
     return None
 
 
-def _parsed(table: dict[str, Any], path: Path) -> tuple[CheckpointConfig, Path]:
+def _parsed(table: dict[str, Any], path: Path) -> RecordedConfig:
     try:
-        return config_from_dict(table, source=str(path)), path
+        config, ignored = recorded_config_from_dict(table, source=str(path))
     except ConfigError as exc:
         raise ConfigError(f"{exc}; pass the run's job file with --config") from exc
+    return RecordedConfig(config=config, path=path, ignored_keys=ignored)
 
 
 def select_config(
@@ -135,9 +167,11 @@ def select_config(
     else:
         found = recorded_config(root) if root is not None else None
     if found is not None:
-        config, path = found
         return ConfigSelection(
-            config=load_config(None, overrides, base=config), source="recorded", source_path=path
+            config=load_config(None, overrides, base=found.config),
+            source="recorded",
+            source_path=found.path,
+            warnings=(found.warning,) if found.warning else (),
         )
     return ConfigSelection(
         config=load_config(None, overrides),
@@ -171,27 +205,31 @@ def select_root(
 
 
 def scan_root(
-    directory: str | None, config_path: str | None, overrides: Sequence[str]
+    directory: str | None,
+    config_path: str | None,
+    overrides: Sequence[str],
+    *,
+    verify: bool = False,
 ) -> tuple[Catalog, ConfigSelection]:
     """:func:`select_root`, and the scan of that root, with one pass over the root.
 
     The root is scanned first and the recorded config is taken from the catalog (the scan
     reads every metadata.json anyway), instead of reading the newest ones a second time. The
     config and the errors are those of :func:`select_root` followed by ``scan(root)``: a bad
-    ``--set`` is reported before a missing root.
+    ``--set`` is reported before a missing root. ``verify`` is passed on to the scan.
     """
     from kempnerforge.checkpoint.store.catalog import scan
 
     if config_path is not None:
         selection = select_config(None, config_path, overrides)
         root = Path(directory) if directory is not None else Path(selection.config.dir)
-        return scan(root), selection
+        return scan(root, verify=verify), selection
     if directory is not None:
         root = Path(directory)
     else:
         root = Path(select_config(None, None, overrides).config.dir)
     try:
-        catalog = scan(root)
+        catalog = scan(root, verify=verify)
     except CheckpointRootError:
         select_config(None, None, overrides)  # a bad override is named first, as select_root does
         raise
@@ -240,30 +278,40 @@ def split_checkpoint_path(src: str | Path) -> tuple[Path, int | None]:
     return (path, None) if nested else (named.parent, step)
 
 
-def newest_complete(root: Path) -> Path | None:
-    """The newest complete checkpoint directory under ``root``, or None (also for no root)."""
+def newest_complete(root: Path, *, skipped: list[str] | None = None) -> Path | None:
+    """The newest verifiably complete checkpoint directory under ``root``, or None.
+
+    Newest first, each candidate gets the full check of
+    :func:`~kempnerforge.checkpoint.store.verify.verify_checkpoint` until one passes; a corrupt
+    one is passed over (and described in ``skipped``, when given). None also for no root.
+    """
     try:
         dirs = list_step_dirs(root)
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:
         return None
     for _, path in reversed(dirs):
-        if check_complete(path, pp_stages=recorded_pp_stages(path)).complete:
+        verdict = verify_checkpoint(path)
+        if verdict.complete:
             return path
+        if verdict.corrupt and skipped is not None:
+            skipped.append(f"{path.name} is corrupt ({verdict.reason})")
     return None
 
 
 def resolve_checkpoint(src: str | Path, step: int | None = None) -> Path:
-    """The complete checkpoint directory that ``src`` (and ``step``) name.
+    """The verifiably complete checkpoint directory that ``src`` (and ``step``) name.
 
     ``src`` is either one checkpoint directory -- any directory holding a DCP ``.metadata``
-    (or ``pp<k>/`` stages), whatever its name and whoever wrote it -- or a checkpoint root; for
-    a root, ``step`` picks the checkpoint (a ``step_<N>`` child, else another tool's
-    ``step-<N>``), and by default the newest complete ``step_<N>`` one is used.
+    (or ``pp<k>/`` stages), whatever its name and whoever wrote it, or the root's ``latest``
+    link -- or a checkpoint root; for a root, ``step`` picks the checkpoint (a ``step_<N>``
+    child, else another tool's ``step-<N>``), and by default the newest verifiably complete
+    ``step_<N>`` one is used. Every checkpoint returned passed the full check of
+    :func:`~kempnerforge.checkpoint.store.verify.verify_checkpoint`.
 
     Raises:
         CheckpointRootError: ``src`` does not exist or is not a directory.
         CheckpointNotFoundError: no checkpoint of that step, or no complete one at all.
-        CorruptCheckpointError: the named checkpoint is incomplete.
+        CorruptCheckpointError: the named checkpoint is incomplete or corrupt.
     """
     from kempnerforge.errors import (
         CheckpointNotFoundError,
@@ -271,7 +319,7 @@ def resolve_checkpoint(src: str | Path, step: int | None = None) -> Path:
         CorruptCheckpointError,
     )
 
-    path = Path(src)
+    path = _follow_latest(Path(src))
     if not path.exists():
         raise CheckpointRootError(
             f"{path} does not exist; pass a checkpoint root or a checkpoint directory"
@@ -295,9 +343,10 @@ def resolve_checkpoint(src: str | Path, step: int | None = None) -> Path:
     else:
         foreign = list_foreign_checkpoints(path)
         if step is None:
-            newest = newest_complete(path)
+            passed_over: list[str] = []
+            newest = newest_complete(path, skipped=passed_over)
             if newest is None:
-                raise CheckpointNotFoundError(_nothing_under(path, foreign))
+                raise CheckpointNotFoundError(_nothing_under(path, foreign, passed_over))
             return newest
         matches = [p for s, p in list_step_dirs(path) if s == step]
         matches += [p for p in foreign if guess_step(p.name) == step]
@@ -306,21 +355,62 @@ def resolve_checkpoint(src: str | Path, step: int | None = None) -> Path:
                 f"no checkpoint for step {step} under {path}; run 'kf-ckpt ls {path}'"
             )
         target = matches[0]
-    status = check_complete(target, pp_stages=recorded_pp_stages(target))
-    if not status.complete:
+    verdict = verify_checkpoint(target)
+    if not verdict.complete:
+        state = "corrupt" if verdict.corrupt else "incomplete"
         raise CorruptCheckpointError(
-            f"checkpoint {target} is incomplete ({status.reason}); pick a complete one "
+            f"checkpoint {target} is {state} ({verdict.reason}); pick a complete one "
             f"with 'kf-ckpt ls {target.parent}'"
         )
     return target
 
 
-def _nothing_under(root: Path, foreign: list[Path]) -> str:
+def _nothing_under(root: Path, foreign: list[Path], passed_over: list[str]) -> str:
     if not foreign:
-        return f"no complete checkpoint under {root}; run 'kf-ckpt ls {root}'"
+        also = f" ({'; '.join(passed_over)})" if passed_over else ""
+        return f"no complete checkpoint under {root}{also}; run 'kf-ckpt ls {root}'"
     names = ", ".join(p.name for p in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
     return (
         f"no step_<N> checkpoint under {root}, but it holds {len(foreign)} DCP checkpoint"
         f"{'s' if len(foreign) > 1 else ''} written under other names ({names}); pass one of "
         f"them, e.g. {foreign[-1]}, or its step"
     )
+
+
+@contextlib.contextmanager
+def leased_checkpoint(src: str | Path, step: int | None = None) -> Iterator[Path]:
+    """:func:`resolve_checkpoint`, holding a read lease on the result for the ``with`` block.
+
+    While the lease is held gc does not delete the checkpoint (a long export is not cut off);
+    a gc that was already moving it away when the lease was asked for has finished by the time
+    it is granted, and then the checkpoint is reported as deleted, not as corrupt.
+
+    Raises:
+        CheckpointNotFoundError: also when the checkpoint was deleted before the lease began.
+    """
+    from kempnerforge.checkpoint.store._lock import read_lease
+    from kempnerforge.errors import CheckpointNotFoundError
+
+    step_dir = resolve_checkpoint(src, step)
+    with read_lease(step_dir):
+        if not step_dir.is_dir():
+            raise CheckpointNotFoundError(
+                f"{step_dir} was deleted (by a gc) before it could be read; pick another with "
+                f"'kf-ckpt ls {step_dir.parent}'"
+            )
+        yield step_dir
+
+
+def _follow_latest(path: Path) -> Path:
+    """``ROOT/latest`` as the checkpoint it names (when honoured); any other path as it is."""
+    if path.name != LATEST_NAME or not path.is_symlink():
+        return path
+    link = read_latest(path.parent)
+    if link.step is None:
+        from kempnerforge.errors import CheckpointNotFoundError
+
+        raise CheckpointNotFoundError(
+            f"{path}: {link.warning or 'not a usable latest link'}; pass the root "
+            f"{path.parent} or a step_<N> dir"
+        )
+    return path.parent / step_dir_name(link.step)

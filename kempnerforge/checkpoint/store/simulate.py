@@ -3,39 +3,38 @@
 A pure function of a :class:`~kempnerforge.config.checkpoint.CheckpointConfig` and a step count
 (no filesystem, no clock, no torch), behind ``kf-ckpt plan``. The run saves at every step
 ``1 .. max_steps`` where :meth:`CheckpointConfig.should_save` is true, as the training loop asks it
-after each optimizer step. After each save, retention runs on what is on disk; the simulation
-replays that with the real :func:`~kempnerforge.checkpoint.store.retention.plan_retention` on a
-synthetic :class:`~kempnerforge.checkpoint.store.catalog.Catalog`, so it cannot drift from the rules
-the manager and ``kf-ckpt gc`` apply.
+after each optimizer step, and retention runs after each save; ``pins`` are pinned as soon as they
+are saved.
 
-The peak counts the moment a new save exists and retention has not run on it yet: the checkpoints
-kept by the previous round plus the new one (with async saves, the one in flight). That is the
-number a disk quota must hold.
+Nothing here visits every step or every save: the cost is bounded by the number of milestones and
+pins (and, for a custom window strategy, by the window's width), never by ``max_steps`` or the
+number of interval saves, so ``--max-steps 10**12`` answers at once. That works because of what
+the retention rules (:func:`~kempnerforge.checkpoint.store.retention.plan_retention`) do to a
+run's saves, all complete and the newest always ``latest``:
 
-Long runs stay fast (10^7 steps with an interval of 1000 take well under a second): save steps
-are enumerated from the window and the interval, not by testing every step, and two shortcuts
-skip rounds whose outcome is already known. A stretch of rounds that deletes nothing is checked
-with one plan over the whole stretch (retention that keeps a set keeps each of its prefixes);
-once a stretch of evenly spaced interval saves reaches a steady state (each round deletes the
-oldest of the same number of trailing saves), the rest of the stretch follows by translation.
-The last round of every skipped stretch is replayed for real, and if it disagrees the whole
-simulation is run again round by round.
+* every milestone and every pinned save survives (rules ``milestone``, ``pinned``; the final
+  save is ``latest``) and none of them uses a ``keep_last_n`` slot;
+* with ``keep_last_n = k >= 1``, after each round the other (interval) saves on disk are the
+  newest ``k`` of those made so far (``within_keep_last_n``; the newest is also ``latest``), and
+  each older one was deleted as ``beyond_keep_last_n``; with ``k <= 0`` every save survives
+  (``keep_all``).
+
+So after a save the disk holds ``K + min(k, N)`` checkpoints (``K`` and ``N`` count the kept-for-
+good and the interval saves made so far), and the peak -- the kept ones plus the save being
+written, which is what a quota must hold -- is reached at the last save, first after the last
+save that raised the count. ``tests/checkpoint/store/test_simulate.py`` checks every figure
+against a replay that asks every step and runs the real retention after every save.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
-from kempnerforge.checkpoint.store.catalog import Catalog, CheckpointInfo
-from kempnerforge.checkpoint.store.files import LatestLink
-from kempnerforge.checkpoint.store.layout import step_dir_name
-from kempnerforge.checkpoint.store.pins import Pin
-from kempnerforge.checkpoint.store.retention import Reason, RetentionPlan, plan_retention
+from kempnerforge.checkpoint.store.retention import Reason
 from kempnerforge.config.checkpoint import POWER2, CheckpointConfig
 
-__all__ = ["RunSimulation", "SimulatedSave", "save_steps", "simulate_run"]
+__all__ = ["RunSimulation", "SaveRun", "SimulatedSave", "save_steps", "simulate_run"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,12 +54,43 @@ class SimulatedSave:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SaveRun:
+    """Consecutive saves of one kind and fate: evenly spaced interval saves, or listed ones."""
+
+    first: int
+    last: int
+    count: int
+    every: int | None
+    """The spacing of evenly spaced saves; None for listed ones (see :attr:`steps`)."""
+    steps: tuple[int, ...] | None
+    """The steps of a run of milestones or pins (there are few); None for evenly spaced saves."""
+    milestone: bool
+    pinned: bool
+    survives: bool
+    reason: Reason
+
+    def iter_steps(self) -> Iterator[int]:
+        """The steps of this run, in order."""
+        if self.steps is not None:
+            yield from self.steps
+        else:
+            yield from range(self.first, self.last + 1, self.every or 1)
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunSimulation:
-    """What a run of ``max_steps`` steps saves and keeps, and its peak disk use."""
+    """What a run of ``max_steps`` steps saves and keeps, and its peak disk use, summarised."""
 
     max_steps: int
-    saves: tuple[SimulatedSave, ...]
-    """Every save, in step order."""
+    runs: tuple[SaveRun, ...]
+    """Every save, as runs of one kind and fate, in step order."""
+    milestones: tuple[int, ...]
+    """The saves that are dynamic milestones (never deleted by retention)."""
+    pins: tuple[int, ...]
+    """The saves forecast as pinned (never deleted by retention)."""
+    save_count: int
+    survivor_count: int
+    """The checkpoints still on disk when the run ends."""
     max_on_disk: int
     """The most checkpoints on disk at one moment (kept ones plus the save just written)."""
     max_on_disk_step: int | None
@@ -68,20 +98,23 @@ class RunSimulation:
     ckpt_size_bytes: int | None = None
     """Size of one checkpoint, when given."""
 
-    @property
-    def save_steps(self) -> tuple[int, ...]:
-        """The steps that save, in order."""
-        return tuple(s.step for s in self.saves)
+    def iter_saves(self) -> Iterator[SimulatedSave]:
+        """Every save in step order (as many as the run makes: use on short runs)."""
+        for run in self.runs:
+            for step in run.iter_steps():
+                yield SimulatedSave(
+                    step=step,
+                    milestone=run.milestone,
+                    survives=run.survives,
+                    reason=run.reason,
+                    pinned=run.pinned,
+                )
 
-    @property
-    def milestones(self) -> tuple[int, ...]:
-        """The saves that are dynamic milestones (never deleted by retention)."""
-        return tuple(s.step for s in self.saves if s.milestone)
-
-    @property
-    def survivors(self) -> tuple[int, ...]:
-        """The checkpoints still on disk when the run ends."""
-        return tuple(s.step for s in self.saves if s.survives)
+    def iter_survivors(self) -> Iterator[int]:
+        """The steps still on disk at the end, in order."""
+        for run in self.runs:
+            if run.survives:
+                yield from run.iter_steps()
 
     @property
     def peak_disk_bytes(self) -> int | None:
@@ -91,31 +124,90 @@ class RunSimulation:
         return self.max_on_disk * self.ckpt_size_bytes
 
 
-def save_steps(config: CheckpointConfig, max_steps: int) -> list[int]:
-    """The steps in ``1 .. max_steps`` at which ``config.should_save`` is true, in order.
+@dataclass(frozen=True)
+class _Span:
+    """Evenly spaced interval saves ``first, first + every, ...`` (``count`` of them)."""
 
-    Enumerated from the window and the interval directly; a window with a custom strategy is
-    asked step by step over ``[start, stop]`` only.
-    """
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
-        raise ValueError(f"max_steps must be a non-negative integer, got {max_steps!r}")
+    first: int
+    every: int
+    count: int
+
+    def at(self, i: int) -> int:
+        return self.first + i * self.every
+
+    @property
+    def last(self) -> int:
+        return self.at(self.count - 1)
+
+
+_Piece = _Span | int
+"""A stretch of plain interval saves, or one save kept for good (a milestone or a pin)."""
+
+
+def _interval_spans(config: CheckpointConfig, max_steps: int) -> tuple[_Span, _Span]:
+    """The interval saves before the window and after it (the whole run without a window)."""
     interval, window = config.interval, config.dyn_ckpt_window
     if window is None:
-        return list(range(interval, max_steps + 1, interval))
+        return _Span(interval, interval, max_steps // interval), _Span(interval, interval, 0)
+    before_last = min(window.start - 1, max_steps)
+    before = _Span(interval, interval, max(0, before_last // interval))
+    first_after = (window.stop // interval + 1) * interval
+    after = _Span(first_after, interval, max(0, (max_steps - first_after) // interval + 1))
+    return before, after
+
+
+def _window_saves(config: CheckpointConfig, max_steps: int) -> list[int]:
+    """The saves inside the window (its strategy decides): few for ``power2``, which is
+    enumerated directly; any other strategy is asked once per step of the window."""
+    window = config.dyn_ckpt_window
+    if window is None:
+        return []
     lo, hi = max(1, window.start), min(window.stop, max_steps)
-    if window.strategy == POWER2:  # enumerated directly; other strategies are asked per step
-        candidates: list[int] = [window.start] if window.start >= 1 else []
+    if window.strategy == POWER2:
+        candidates = [window.start] if window.start >= 1 else []
         offset = 1
         while window.start + offset <= hi:
             candidates.append(window.start + offset)
             offset *= 2
-        inside = [s for s in candidates if lo <= s <= hi and window.is_milestone(s)]
-    else:
-        inside = [s for s in range(lo, hi + 1) if window.is_milestone(s)]
-    before = range(interval, min(window.start - 1, max_steps) + 1, interval)
-    first_after = (window.stop // interval + 1) * interval
-    after = range(first_after, max_steps + 1, interval)
-    return [*before, *inside, *after]
+        return [s for s in candidates if lo <= s <= hi and window.is_milestone(s)]
+    return [s for s in range(lo, hi + 1) if window.is_milestone(s)]
+
+
+def is_saved(config: CheckpointConfig, max_steps: int, step: int) -> bool:
+    """Does a run of ``max_steps`` steps save ``step``? (Without listing its saves.)"""
+    return 1 <= step <= max_steps and config.should_save(step)
+
+
+def save_steps(config: CheckpointConfig, max_steps: int) -> list[int]:
+    """The steps in ``1 .. max_steps`` at which ``config.should_save`` is true, in order.
+
+    A list of every save: for short runs and tests (:func:`simulate_run` never builds it).
+    """
+    _check_max_steps(max_steps)
+    before, after = _interval_spans(config, max_steps)
+    spans = [range(s.first, s.last + 1, s.every) if s.count else range(0) for s in (before, after)]
+    return [*spans[0], *_window_saves(config, max_steps), *spans[1]]
+
+
+def _check_max_steps(max_steps: int) -> None:
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
+        raise ValueError(f"max_steps must be a non-negative integer, got {max_steps!r}")
+
+
+def _split(span: _Span, keepers: list[int]) -> list[_Piece]:
+    """``span`` with the (sorted) ``keepers`` on its grid cut out as pieces of their own."""
+    pieces: list[_Piece] = []
+    start = 0
+    for step in keepers:
+        i = (step - span.first) // span.every
+        if span.count and 0 <= i < span.count and span.at(i) == step:
+            if i > start:
+                pieces.append(_Span(span.at(start), span.every, i - start))
+            pieces.append(step)
+            start = i + 1
+    if span.count > start:
+        pieces.append(_Span(span.at(start), span.every, span.count - start))
+    return pieces
 
 
 def simulate_run(
@@ -125,7 +217,7 @@ def simulate_run(
     ckpt_size_bytes: int | None = None,
     pins: Collection[int] = (),
 ) -> RunSimulation:
-    """Replay the saves and retention rounds of a run of ``max_steps`` steps.
+    """Forecast the saves and retention rounds of a run of ``max_steps`` steps.
 
     Args:
         config: the run's checkpoint config (interval, window, keep_last_n).
@@ -136,199 +228,159 @@ def simulate_run(
     Example:
         >>> from kempnerforge.config import CheckpointConfig
         >>> sim = simulate_run(CheckpointConfig(interval=100, keep_last_n=2), 500)
-        >>> sim.save_steps, sim.survivors, sim.max_on_disk
-        ((100, 200, 300, 400, 500), (400, 500), 3)
+        >>> list(sim.iter_survivors()), sim.max_on_disk, sim.max_on_disk_step
+        ([400, 500], 3, 300)
     """
-    steps = save_steps(config, max_steps)
-    pinned = frozenset(pins)
-    try:
-        result = _Replay(config, steps, shortcuts=True, pins=pinned).run()
-    except _ShortcutMismatch:
-        result = _Replay(config, steps, shortcuts=False, pins=pinned).run()
-    fates, peak, peak_step = result
-    saves = tuple(
-        SimulatedSave(
-            step=step,
-            milestone=config.is_dynamic_milestone(step),
-            survives=fates[step][0],
-            reason=fates[step][1],
-            pinned=step in pinned,
-        )
-        for step in steps
-    )
+    _check_max_steps(max_steps)
+    pinned = sorted({p for p in pins if is_saved(config, max_steps, p)})
+    before, after = _interval_spans(config, max_steps)
+    # Inside the window only the strategy saves, and each of its saves is a milestone
+    # (``is_dynamic_milestone`` is the strategy's verdict); outside it only the interval saves.
+    milestones = _window_saves(config, max_steps)
+    pieces: list[_Piece] = [*_split(before, pinned), *milestones, *_split(after, pinned)]
+    pieces = [p for p in pieces if not isinstance(p, _Span) or p.count]
+    keepers = [p for p in pieces if isinstance(p, int)]
+    total_plain = sum(p.count for p in pieces if isinstance(p, _Span))
+    final = _final_step(pieces)
+    keep_last_n = config.keep_last_n
+    kept_plain = total_plain if keep_last_n <= 0 else min(keep_last_n, total_plain)
+    runs = _runs(pieces, set(milestones), set(pinned), total_plain - kept_plain, final, keep_last_n)
+    peak, peak_step = _peak(pieces, keep_last_n, final)
     return RunSimulation(
         max_steps=max_steps,
-        saves=saves,
+        runs=tuple(runs),
+        milestones=tuple(milestones),
+        pins=tuple(pinned),
+        save_count=total_plain + len(keepers),
+        survivor_count=len(keepers) + kept_plain,
         max_on_disk=peak,
         max_on_disk_step=peak_step,
         ckpt_size_bytes=ckpt_size_bytes,
     )
 
 
-_PIN = Pin(note="pinned in the forecast")
+def _final_step(pieces: list[_Piece]) -> int | None:
+    if not pieces:
+        return None
+    last = pieces[-1]
+    return last.last if isinstance(last, _Span) else last
 
 
-class _ShortcutMismatch(Exception):
-    """A skipped stretch did not end where the real retention round ends."""
-
-
-_Fates = dict[int, tuple[bool, Reason]]
-_Shape = tuple[tuple[int, ...], int, Reason]
-
-
-class _Replay:
-    """Round-by-round replay of saves and retention (see the module docstring)."""
-
-    def __init__(
-        self,
-        config: CheckpointConfig,
-        steps: list[int],
-        *,
-        shortcuts: bool,
-        pins: frozenset[int] = frozenset(),
-    ) -> None:
-        self.config = config
-        self.pins = pins
-        self.steps = steps
-        self.shortcuts = shortcuts
-        self.root = Path(config.dir)
-        self.kept: list[int] = []
-        self.last_plan: RetentionPlan | None = None
-        self.fates: _Fates = {}
-        self.peak = 0
-        self.peak_step: int | None = None
-        self.infos: dict[tuple[int, bool], CheckpointInfo] = {}
-        self.run_start = self._regular_run_starts()
-
-    def run(self) -> tuple[_Fates, int, int | None]:
-        steps, i, stride = self.steps, 0, 1
-        previous: _Shape | None = None
-        while i < len(steps):
-            plan = self._round([*self.kept, steps[i]])
-            if self.shortcuts and not plan.to_delete:
-                previous = None
-                jumped, stride = self._gallop(i, stride)
-                i += jumped + 1
-                continue
-            shape = self._steady_shape(i, plan)
-            if self.shortcuts and shape is not None and shape == previous:
-                i = self._skip_steady(i, shape)
-                shape = None
-            previous = shape
-            i += 1
-        if self.last_plan is not None:
-            for decision in self.last_plan.to_keep:
-                self.fates[decision.step] = (True, decision.reason)
-        return self.fates, self.peak, self.peak_step
-
-    def _catalog(self, steps: list[int]) -> Catalog:
-        newest = steps[-1]
-        infos = tuple(self._info(step, is_latest=step == newest) for step in steps)
-        latest = LatestLink(step=newest, target=step_dir_name(newest))
-        return Catalog(root=self.root, checkpoints=infos, skipped=(), latest=latest, warnings=())
-
-    def _info(self, step: int, *, is_latest: bool) -> CheckpointInfo:
-        """A complete checkpoint of ``step`` as the manager writes it (cached: runs are long)."""
-        info = self.infos.get((step, is_latest))
-        if info is None:
-            info = CheckpointInfo(
-                step=step,
-                path=self.root / step_dir_name(step),
-                complete=True,
-                incomplete_reason=None,
-                is_latest=is_latest,
-                tokens_seen=None,
-                dynamic_milestone=self.config.is_dynamic_milestone(step),
-                recorded_config=None,
-                size_bytes=0,
-                file_count=0,
-                mtime_s=0.0,
-                pin=_PIN if step in self.pins else None,
-            )
-            self.infos[(step, is_latest)] = info
-        return info
-
-    def _round(self, on_disk: list[int]) -> RetentionPlan:
-        """The newest of ``on_disk`` was just saved (and is latest): one retention round."""
-        return self._commit(on_disk, plan_retention(self._catalog(on_disk), self.config))
-
-    def _commit(self, on_disk: list[int], plan: RetentionPlan) -> RetentionPlan:
-        if len(on_disk) > self.peak:
-            self.peak, self.peak_step = len(on_disk), on_disk[-1]
-        for decision in plan.to_delete:
-            self.fates[decision.step] = (False, decision.reason)
-        self.kept = [d.step for d in plan.to_keep]
-        self.last_plan = plan
-        return plan
-
-    def _gallop(self, i: int, stride: int) -> tuple[int, int]:
-        """After a round that deleted nothing, jump over rounds that delete nothing either.
-
-        One plan over ``kept + the next saves`` that deletes nothing stands for every round in
-        between. Returns how many saves after ``i`` were consumed and the stride for next time.
-        """
-        jumped = 0
-        while i + jumped + 1 < len(self.steps):
-            first = i + jumped + 1
-            ahead = self.steps[first : first + stride * 2]
-            on_disk = [*self.kept, *ahead]
-            plan = plan_retention(self._catalog(on_disk), self.config)
-            if plan.to_delete:
-                return jumped, max(1, stride // 2)
-            self._commit(on_disk, plan)
-            jumped += len(ahead)
-            stride *= 2
-        return jumped, stride
-
-    def _regular_run_starts(self) -> list[int]:
-        """For each save, the index where its stretch of evenly spaced plain saves begins."""
-        starts: list[int] = []
-        config, steps = self.config, self.steps
-        window = config.dyn_ckpt_window
-        for k, step in enumerate(steps):
-            plain = (
-                not config.is_dynamic_milestone(step)
-                and not (window and window.contains(step))
-                and step not in self.pins
-            )
-            if not plain:
-                starts.append(-1)
-            elif k and starts[k - 1] >= 0 and step - steps[k - 1] == config.interval:
-                starts.append(starts[k - 1])
-            else:
-                starts.append(k)
-        return starts
-
-    def _steady_shape(self, i: int, plan: RetentionPlan) -> _Shape | None:
-        """(older kept steps, trailing kept saves, reason) when round ``i`` deleted exactly the save
-        just before its trailing run; None when the round does not look steady."""
-        start = self.run_start[i]
-        deleted = plan.to_delete
-        if start < 0 or len(deleted) != 1:
-            return None
-        tail = 0
-        while (
-            tail < len(self.kept)
-            and i - tail >= start
-            and self.kept[-1 - tail] == self.steps[i - tail]
+def _runs(
+    pieces: list[_Piece],
+    milestones: set[int],
+    pinned: set[int],
+    deleted: int,
+    final: int | None,
+    keep_last_n: int,
+) -> list[SaveRun]:
+    """The saves as runs: the oldest ``deleted`` interval saves go, the rest stay."""
+    kept_reason = Reason.keep_all if keep_last_n <= 0 else Reason.within_keep_last_n
+    runs: list[SaveRun] = []
+    for piece in pieces:
+        if isinstance(piece, _Span):
+            gone = min(deleted, piece.count)
+            deleted -= gone
+            if gone:
+                runs.append(_span_run(piece, 0, gone, False, Reason.beyond_keep_last_n))
+            if piece.count - gone:
+                runs += _kept_spans(piece, gone, piece.count, final, kept_reason)
+            continue
+        milestone, pin = piece in milestones, piece in pinned
+        reason = (
+            Reason.latest if piece == final else Reason.milestone if milestone else Reason.pinned
+        )
+        last = runs[-1] if runs else None
+        if (
+            last is not None
+            and last.steps is not None
+            and (last.milestone, last.pinned, last.reason) == (milestone, pin, reason)
         ):
-            tail += 1
-        if i - tail < start or deleted[0].step != self.steps[i - tail]:
-            return None
-        return tuple(self.kept[: len(self.kept) - tail]), tail, deleted[0].reason
+            runs[-1] = _listed((*last.steps, piece), milestone, pin, reason)
+        else:
+            runs.append(_listed((piece,), milestone, pin, reason))
+    return runs
 
-    def _skip_steady(self, i: int, shape: _Shape) -> int:
-        """Fill in the rounds up to the end of the stretch; replay its last round for real."""
-        fixed, tail, reason = shape
-        end = i
-        while end + 1 < len(self.steps) and self.run_start[end + 1] == self.run_start[i]:
-            end += 1
-        if end == i:
-            return i
-        for k in range(i + 1, end):
-            self.fates[self.steps[k - tail]] = (False, reason)
-        plan = self._round([*fixed, *self.steps[end - tail : end + 1]])
-        expected = [*fixed, *self.steps[end - tail + 1 : end + 1]]
-        if self.kept != expected or [d.step for d in plan.to_delete] != [self.steps[end - tail]]:
-            raise _ShortcutMismatch
-        return end
+
+def _listed(steps: tuple[int, ...], milestone: bool, pinned: bool, reason: Reason) -> SaveRun:
+    return SaveRun(
+        first=steps[0],
+        last=steps[-1],
+        count=len(steps),
+        every=None,
+        steps=steps,
+        milestone=milestone,
+        pinned=pinned,
+        survives=True,
+        reason=reason,
+    )
+
+
+def _kept_spans(
+    span: _Span, start: int, stop: int, final: int | None, reason: Reason
+) -> list[SaveRun]:
+    """Saves ``start .. stop-1`` of ``span`` kept; the final save of the run is ``latest``."""
+    if span.at(stop - 1) != final:
+        return [_span_run(span, start, stop, True, reason)]
+    head = [_span_run(span, start, stop - 1, True, reason)] if stop - 1 > start else []
+    return [*head, _span_run(span, stop - 1, stop, True, Reason.latest)]
+
+
+def _span_run(span: _Span, start: int, stop: int, survives: bool, reason: Reason) -> SaveRun:
+    return SaveRun(
+        first=span.at(start),
+        last=span.at(stop - 1),
+        count=stop - start,
+        every=span.every,
+        steps=None,
+        milestone=False,
+        pinned=False,
+        survives=survives,
+        reason=reason,
+    )
+
+
+def _peak(pieces: list[_Piece], keep_last_n: int, final: int | None) -> tuple[int, int | None]:
+    """The most checkpoints on disk at once (the kept ones plus the save being written), and
+    the first save at which that happens."""
+    if final is None:
+        return 0, None
+    final_is_plain = isinstance(pieces[-1], _Span)
+    keepers = [p for p in pieces if isinstance(p, int) and p != final]
+    plain = sum(p.count for p in pieces if isinstance(p, _Span)) - (1 if final_is_plain else 0)
+    if keep_last_n <= 0:  # every round keeps everything: the count grows with each save
+        return plain + len(keepers) + 1, final
+    nth = min(keep_last_n, plain)
+    peak = len(keepers) + nth + 1
+    # The last save before the final one that raised the count on disk: the last milestone or
+    # pin, or the keep_last_n-th interval save, whichever comes later.
+    raisers = keepers[-1:]
+    if nth:
+        raisers.append(_nth_plain(pieces, nth - 1))
+    if not raisers:
+        first = pieces[0]
+        return peak, first.first if isinstance(first, _Span) else first
+    return peak, _next_save(pieces, max(raisers))
+
+
+def _nth_plain(pieces: list[_Piece], i: int) -> int:
+    """The ``i``-th (0-based) interval save of the run."""
+    for piece in pieces:
+        if isinstance(piece, _Span):
+            if i < piece.count:
+                return piece.at(i)
+            i -= piece.count
+    raise IndexError(i)
+
+
+def _next_save(pieces: list[_Piece], step: int) -> int:
+    """The first save after ``step`` (there is one: ``step`` is not the final save)."""
+    for piece in pieces:
+        if isinstance(piece, int):
+            if piece > step:
+                return piece
+        elif piece.last > step:
+            if step < piece.first:
+                return piece.first
+            return piece.at((step - piece.first) // piece.every + 1)
+    raise ValueError(f"no save after step {step}")

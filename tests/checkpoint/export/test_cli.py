@@ -76,7 +76,9 @@ def test_show_json_and_pipeline_stages(tmp_path: Path) -> None:
         dcp_save({"model": {n: state["model"][n] for n in part}}, step_dir / f"pp{k}")
 
     code, out, _ = _run("show", str(tmp_path / "ckpt"), "--json")
+    assert out.count("\n") == 1  # one document on one line, as the other commands print
     data = json.loads(out)
+    assert (data["format"], data["format_version"]) == ("kf-ckpt-show", 1)
     assert code == 0 and data["pp_stages"] == 2 and data["optimizer_size_bytes"] == 0
     assert [(t["name"], t["stage"]) for t in data["tensors"]] == [
         (n, 0 if i < 4 else 1) for i, n in enumerate(names)

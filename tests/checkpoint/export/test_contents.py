@@ -60,5 +60,7 @@ def test_errors_name_the_problem(weights_and_root: tuple[Weights, Path]) -> None
     with pytest.raises(CheckpointNotFoundError, match="no checkpoint for step 3"):
         inspect_checkpoint(root, step=3)
     (root / f"step_{STEP}" / ".metadata").write_bytes(b"\x80\x04truncated")
-    with pytest.raises(CorruptCheckpointError, match="cannot read DCP metadata"):
+    with pytest.raises(CorruptCheckpointError, match=r"is corrupt \(DCP \.metadata is unusable"):
+        inspect_checkpoint(root, step=STEP)
+    with pytest.raises(CheckpointNotFoundError, match=f"step_{STEP} is corrupt"):
         inspect_checkpoint(root)

@@ -175,14 +175,16 @@ def test_incomplete_checkpoint_is_an_error_with_no_output(tmp_path: Path) -> Non
     assert not (tmp_path / "new").exists()
 
 
-def test_truncated_shard_is_an_export_error_with_no_output(tmp_path: Path) -> None:
+def test_truncated_shard_is_corrupt_and_exports_nothing(tmp_path: Path) -> None:
     model, optimizer = trained_model()
     step_dir = write_checkpoint(tmp_path / "ckpt", 1, training_state(model, optimizer))
     shard = next(step_dir.glob("*.distcp"))
+    size = shard.stat().st_size
     with open(shard, "r+b") as fh:
-        fh.truncate(shard.stat().st_size // 3)
+        fh.truncate(size // 3)
     out = tmp_path / "new" / "out"
-    with pytest.raises(ExportError, match="cannot read the tensors") as info:
+    truncated = rf"is corrupt \(shard {shard.name} is truncated: {size // 3} of {size} bytes\)"
+    with pytest.raises(CorruptCheckpointError, match=truncated) as info:
         export_safetensors(step_dir, out, batch_bytes=64)
     assert "kf-ckpt ls" in str(info.value)
     assert not (tmp_path / "new").exists()  # no file, no temp file, not even the directory

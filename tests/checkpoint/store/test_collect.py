@@ -37,6 +37,7 @@ from kempnerforge.errors import (
 )
 from tests.checkpoint._trees import (
     as_unprivileged,
+    dcp_manifest,
     fingerprint,
     make_checkpoint,
     make_root,
@@ -117,7 +118,7 @@ def test_rollback_keeps_the_save_in_progress_below_the_newest_complete(tmp_path:
         assert "ago; a save may still be writing it" in decision.detail
     assert [d.step for d in results[0].applied.deleted] == [100, 200, 300, 400, 500, 550, 700, 800]  # type: ignore[union-attr]
     assert _steps(tmp_path) == [600, 900, 1000]
-    (step_dir / ".metadata").write_bytes(b"dcp-metadata")  # the save finishes
+    (step_dir / ".metadata").write_bytes(dcp_manifest({}))  # the save finishes
     publish(tmp_path, 600, config, pp_stages=None)
     assert read_latest(tmp_path).step == 600 and _steps(tmp_path) == [600, 900, 1000]
 

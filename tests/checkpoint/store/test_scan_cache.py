@@ -20,6 +20,7 @@ from kempnerforge.checkpoint.store.layout import CACHE_NAME, DCP_METADATA
 from kempnerforge.config.checkpoint import CheckpointConfig
 from tests.checkpoint._trees import (
     as_unprivileged,
+    dcp_manifest,
     fingerprint,
     make_checkpoint,
     set_mtime,
@@ -158,7 +159,7 @@ def test_incomplete_and_racy_checkpoints_are_never_cached(tmp_path: Path) -> Non
     entries = json.loads((root / CACHE_NAME).read_text())["entries"]
     assert sorted(entries) == ["step_100"]
     assert scan(root).cache_hits == 1
-    (root / "step_200" / DCP_METADATA).write_bytes(b"finished late")  # now complete
+    (root / "step_200" / DCP_METADATA).write_bytes(dcp_manifest({}))  # finished late: complete
     assert not scan(root).get(200).incomplete_reason  # type: ignore[union-attr]
 
 

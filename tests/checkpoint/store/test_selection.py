@@ -84,7 +84,7 @@ def test_the_scan_finds_the_config_that_reading_the_root_finds(tmp_path: Path, t
         assert from_scan is None
     else:
         assert from_scan is not None
-        config, path = from_scan
+        config, path = from_scan.config, from_scan.path
         assert (config.keep_last_n, config.interval) == (
             expected["keep_last_n"],
             expected["interval"],

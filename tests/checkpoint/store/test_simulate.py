@@ -104,10 +104,16 @@ def _configs() -> list[tuple[CheckpointConfig, int]]:
 def test_simulation_matches_the_obvious_replay(config: CheckpointConfig, max_steps: int):
     fates, peak, peak_step = _reference(config, max_steps)
     sim = simulate_run(config, max_steps, ckpt_size_bytes=10)
-    assert list(sim.save_steps) == [s for s in range(1, max_steps + 1) if config.should_save(s)]
-    assert sim.save_steps == tuple(save_steps(config, max_steps))
-    assert {s.step: (s.survives, s.reason) for s in sim.saves} == fates
-    assert sim.milestones == tuple(s for s in sim.save_steps if config.is_dynamic_milestone(s))
+    saves = list(sim.iter_saves())
+    steps = [s.step for s in saves]
+    assert steps == [s for s in range(1, max_steps + 1) if config.should_save(s)]
+    assert steps == save_steps(config, max_steps)
+    assert sim.save_count == len(saves)
+    assert {s.step: (s.survives, s.reason) for s in saves} == fates
+    assert sim.milestones == tuple(s for s in steps if config.is_dynamic_milestone(s))
+    assert [s.milestone for s in saves] == [config.is_dynamic_milestone(s) for s in steps]
+    assert list(sim.iter_survivors()) == [s for s in steps if fates[s][0]]
+    assert sim.survivor_count == sum(1 for s in steps if fates[s][0])
     assert (sim.max_on_disk, sim.max_on_disk_step) == (peak, peak_step)
     assert sim.peak_disk_bytes == peak * 10
 
@@ -119,15 +125,29 @@ def test_ten_million_steps_are_simulated_without_visiting_every_step(keep_last_n
     sim = simulate_run(config, 10**7, ckpt_size_bytes=26 * 10**9)
     milestones = tuple(2**k for k in range(21))
     interval_saves = tuple(range(1_049_000, 10**7 + 1, 1000))
-    assert sim.save_steps == milestones + interval_saves
+    assert tuple(s.step for s in sim.iter_saves()) == milestones + interval_saves
     assert sim.milestones == milestones
     if keep_last_n == 3:
-        assert sim.survivors == milestones + interval_saves[-3:]
-        assert sim.max_on_disk == 21 + 3 + 1
+        assert tuple(sim.iter_survivors()) == milestones + interval_saves[-3:]
+        assert (sim.max_on_disk, sim.max_on_disk_step) == (21 + 3 + 1, 1_052_000)
     else:
-        assert sim.survivors == sim.save_steps
-        assert (sim.max_on_disk, sim.max_on_disk_step) == (len(sim.saves), 10**7)
+        assert tuple(sim.iter_survivors()) == milestones + interval_saves
+        assert (sim.max_on_disk, sim.max_on_disk_step) == (sim.save_count, 10**7)
     assert sim.peak_disk_bytes == sim.max_on_disk * 26 * 10**9
+
+
+def test_a_trillion_steps_are_summarised_in_a_few_runs():
+    window = DynamicCheckpointWindow(start=0, stop=2**20)
+    config = CheckpointConfig(interval=1, keep_last_n=3, dyn_ckpt_window=window)
+    sim = simulate_run(config, 10**12)
+    assert sim.save_count == 21 + (10**12 - 2**20)
+    assert sim.survivor_count == 24 and sim.max_on_disk == 25
+    assert [(r.first, r.last, r.count, r.reason) for r in sim.runs] == [
+        (1, 2**20, 21, Reason.milestone),
+        (2**20 + 1, 10**12 - 3, 10**12 - 2**20 - 3, Reason.beyond_keep_last_n),
+        (10**12 - 2, 10**12 - 1, 2, Reason.within_keep_last_n),
+        (10**12, 10**12, 1, Reason.latest),
+    ]
 
 
 def test_save_steps_rejects_a_negative_step_count():

@@ -1,0 +1,123 @@
+"""Verifiable completeness: a checkpoint is complete only if what its ``.metadata`` names is there.
+
+The cheap rule (:func:`~kempnerforge.checkpoint.store.layout.check_complete`: DCP's ``.metadata``
+marker is present, non-empty in a scan) says a save *finished*. It cannot tell a checkpoint that
+was truncated by a full disk, copied in part, or hand-edited from a good one: a 0-byte or
+truncated ``.metadata`` still "exists". :func:`verify_checkpoint` is the full check:
+
+1. the cheap rule holds (every recorded pipeline stage has its marker);
+2. every ``.metadata`` parses through the allowlist of :mod:`._manifest` (nothing in it runs);
+3. every shard file it names exists, is a regular file, and holds at least the bytes recorded
+   for it (offset + length of its last item).
+
+A checkpoint that fails 2 or 3 is **corrupt**: it never counts as complete (not toward
+``keep_last_n``, not as the newest complete one, not for resume or export), and retention never
+deletes it (it may be evidence of what went wrong; a person removes it by hand).
+
+Where it runs: ``kf-ckpt ls`` (every checkpoint; the verdict of a good one is kept in the scan
+cache, valid while the stamps of its directories are), gc before it deletes anything (on disk,
+never from the cache: every complete checkpoint newer than the oldest victim, and the complete
+victims themselves), resume, and the choice of a checkpoint to export or show.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kempnerforge.checkpoint.store._manifest import ManifestError, read_manifest
+from kempnerforge.checkpoint.store.layout import (
+    DCP_METADATA,
+    check_complete,
+    pp_stage_dirs,
+    recorded_pp_stages,
+)
+
+if TYPE_CHECKING:
+    from kempnerforge.checkpoint.store.catalog import Catalog
+
+__all__ = ["Verification", "verify_catalog", "verify_checkpoint"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Verification:
+    """The full check of one checkpoint directory."""
+
+    complete: bool
+    """Verifiably complete: the manifest parses and every shard it names is there in full."""
+    corrupt: bool = False
+    """The marker is there but the checkpoint is not usable (see :attr:`reason`)."""
+    reason: str | None = None
+    """Why it is not complete (``no DCP .metadata``, ``shard __0_0.distcp is truncated ...``)."""
+
+
+_OK = Verification(complete=True)
+
+
+def verify_checkpoint(step_dir: Path, *, pp_stages: int | None = None) -> Verification:
+    """Check ``step_dir`` in full: the marker(s), the manifest(s), and every shard they name.
+
+    ``pp_stages`` defaults to the count recorded in its metadata.json. Never raises for what is
+    on disk: an unreadable file is a reason, not an exception.
+    """
+    if pp_stages is None:
+        pp_stages = recorded_pp_stages(step_dir)
+    status = check_complete(step_dir, pp_stages=pp_stages)
+    if not status.complete:
+        return Verification(complete=False, reason=status.reason)
+    trees = [(f"pp{k}/", path) for k, path in pp_stage_dirs(step_dir)] or [("", step_dir)]
+    for where, tree in trees:
+        problem = _verify_tree(tree, where)
+        if problem is not None:
+            return Verification(complete=False, corrupt=True, reason=problem)
+    return _OK
+
+
+def _verify_tree(tree: Path, where: str) -> str | None:
+    """Why the DCP tree ``tree`` is corrupt, or None when it is whole."""
+    try:
+        manifest = read_manifest(tree / DCP_METADATA)
+    except ManifestError as exc:
+        return f"DCP {where}{DCP_METADATA} is unusable: {exc}"
+    for name, needed in sorted(manifest.files.items()):
+        try:
+            st = os.lstat(tree / name)
+        except FileNotFoundError:
+            return f"shard {where}{name} named by {DCP_METADATA} is missing"
+        except OSError as exc:
+            return f"cannot check shard {where}{name}: {exc.strerror}"
+        if not stat.S_ISREG(st.st_mode):
+            return f"shard {where}{name} is not a regular file"
+        if st.st_size < needed:
+            return f"shard {where}{name} is truncated: {st.st_size} of {needed} bytes"
+    return None
+
+
+def verify_catalog(catalog: Catalog, steps: Iterable[int]) -> Catalog:
+    """``catalog`` with the checkpoints of ``steps`` checked in full, on disk.
+
+    A checkpoint that passes is marked ``verified``; one that fails is no longer ``complete``
+    (``corrupt`` when its marker is there, with the reason). Steps that are not in the catalog,
+    or not complete by the cheap rule, are left as they are.
+    """
+    wanted = set(steps)
+    if not wanted:
+        return catalog
+    checkpoints = []
+    for info in catalog.checkpoints:
+        if info.step in wanted and info.complete:
+            verdict = verify_checkpoint(info.path)
+            info = dataclasses.replace(
+                info,
+                complete=verdict.complete,
+                corrupt=verdict.corrupt,
+                incomplete_reason=verdict.reason,
+                verified=verdict.complete,
+            )
+        checkpoints.append(info)
+    return dataclasses.replace(catalog, checkpoints=tuple(checkpoints))
