@@ -29,6 +29,7 @@ from kempnerforge.checkpoint.store.verify import verify_checkpoint
 from kempnerforge.cli.main import cli
 from kempnerforge.config import CheckpointConfig
 from kempnerforge.errors import CorruptCheckpointError
+from tests._cli import invoke, run_installed
 from tests.checkpoint._trees import (
     dcp_manifest,
     fingerprint,
@@ -36,17 +37,14 @@ from tests.checkpoint._trees import (
     make_root,
 )
 from tests.checkpoint.export._ckpt import dcp_save, trained_model
-from tests.cli.conftest import run_installed
 
 MARKER = "PWNED"
 
 
 def run(*args: str) -> Result:
-    """``kf-ckpt ARGS`` in-process; an exception escaping the command is a failed test."""
-    result = CliRunner().invoke(cli, list(args))
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"kf-ckpt {' '.join(args)} raised {result.exception!r}")
-    assert "Traceback" not in result.output + result.stderr
+    """``kf-ckpt ARGS`` in-process; an exception escaping the command fails the test."""
+    result = invoke(*args, now_s=None)
+    assert "Traceback" not in result.stdout + result.stderr
     return result
 
 
@@ -403,8 +401,10 @@ def test_an_over_long_export_output_is_a_message(tmp_path: Path, real_root: Path
         ],
     ],
 )
-def test_plan_of_a_trillion_steps_is_summarised(tmp_path: Path, settings: list[str]) -> None:
-    os.chdir(tmp_path)
+def test_plan_of_a_trillion_steps_is_summarised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
     result = run("plan", "--max-steps", str(10**12), "--json", *settings)
     assert result.exit_code == 0
     doc = json.loads(result.stdout)
