@@ -214,17 +214,3 @@ def test_pin_racing_gc_in_two_processes_never_loses_a_pinned_checkpoint(tmp_path
             assert outcome == "missing" and not (root / "step_10").exists()
         assert not (root / "step_20").exists() and (root / "step_30").is_dir()
     assert outcomes <= {"pinned", "missing"}
-
-
-def test_simulated_pins_agree_with_the_round_by_round_replay() -> None:
-    from kempnerforge.checkpoint.store.simulate import _Replay, save_steps, simulate_run
-
-    config = CheckpointConfig(
-        interval=10, keep_last_n=3, dyn_ckpt_window=DynamicCheckpointWindow(0, 64)
-    )
-    pins = frozenset({70, 500, 510, 9000})
-    sim = simulate_run(config, 20_000, pins=pins)
-    fates, peak, _ = _Replay(config, save_steps(config, 20_000), shortcuts=False, pins=pins).run()
-    assert {s.step: (s.survives, s.reason) for s in sim.saves} == fates
-    assert sim.max_on_disk == peak
-    assert {s.step for s in sim.saves if s.reason is Reason.pinned} == pins

@@ -14,14 +14,16 @@ import pytest
 from kempnerforge.checkpoint.store.catalog import Catalog, CheckpointInfo
 from kempnerforge.checkpoint.store.files import LatestLink
 from kempnerforge.checkpoint.store.layout import step_dir_name
+from kempnerforge.checkpoint.store.pins import Pin
 from kempnerforge.checkpoint.store.retention import Reason, plan_retention
 from kempnerforge.checkpoint.store.simulate import save_steps, simulate_run
 from kempnerforge.config.checkpoint import CheckpointConfig, DynamicCheckpointWindow
 from kempnerforge.config.registry import registry
 
 
-def _reference(config: CheckpointConfig, max_steps: int):  # type: ignore[no-untyped-def]
-    """The obvious replay: ask every step, run retention after every save."""
+def _reference(config: CheckpointConfig, max_steps: int, pins=frozenset()):  # type: ignore[no-untyped-def]
+    """The obvious replay: ask every step, run retention after every save (``pins`` pinned as
+    soon as they are saved)."""
     root = Path(config.dir)
     kept: list[int] = []
     fates: dict[int, tuple[bool, Reason]] = {}
@@ -46,6 +48,7 @@ def _reference(config: CheckpointConfig, max_steps: int):  # type: ignore[no-unt
                 size_bytes=0,
                 file_count=0,
                 mtime_s=0.0,
+                pin=Pin(note="forecast") if s in pins else None,
             )
             for s in on_disk
         )
@@ -148,6 +151,30 @@ def test_a_trillion_steps_are_summarised_in_a_few_runs():
         (10**12 - 2, 10**12 - 1, 2, Reason.within_keep_last_n),
         (10**12, 10**12, 1, Reason.latest),
     ]
+
+
+@pytest.mark.parametrize(
+    ("config", "max_steps", "pins"),
+    [
+        (CheckpointConfig(interval=10, keep_last_n=3), 400, {70, 100, 400}),
+        (CheckpointConfig(interval=10, keep_last_n=1), 400, {10, 20, 30}),
+        (CheckpointConfig(interval=10, keep_last_n=0), 100, {50}),
+        (
+            CheckpointConfig(
+                interval=10, keep_last_n=3, dyn_ckpt_window=DynamicCheckpointWindow(0, 64)
+            ),
+            2000,
+            {16, 70, 500, 510, 2000},
+        ),
+    ],
+)
+def test_pins_match_the_obvious_replay(config: CheckpointConfig, max_steps: int, pins: set[int]):
+    fates, peak, peak_step = _reference(config, max_steps, frozenset(pins))
+    sim = simulate_run(config, max_steps, pins=pins)
+    saves = list(sim.iter_saves())
+    assert {s.step: (s.survives, s.reason) for s in saves} == fates
+    assert (sim.max_on_disk, sim.max_on_disk_step) == (peak, peak_step)
+    assert sim.pins == tuple(sorted(pins)) == tuple(s.step for s in saves if s.pinned)
 
 
 def test_save_steps_rejects_a_negative_step_count():
