@@ -242,8 +242,8 @@ def test_plan_forecasts_pins(run_cli, tmp_path: Path) -> None:
         ).stdout
     )
     assert doc["pins"] == [300, 500]
-    assert [s["step"] for s in doc["saves"] if s["pinned"]] == [300, 500]
-    assert doc["survivors"] == [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 500, 900, 1000]
+    assert [r["steps"] for r in doc["runs"] if r["pinned"]] == [[300], [500]]
+    assert doc["survivor_count"] == len([1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 500, 900, 1000])
     unsaved = run_cli("plan", "-c", "job.toml", "--max-steps", "1000", "--pins", "550")
     assert unsaved.exit_code == 2 and "the run never saves step 550" in unsaved.stderr
     bad = run_cli("plan", "-c", "job.toml", "--max-steps", "1000", "--pins", "5x")
