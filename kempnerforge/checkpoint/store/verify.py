@@ -15,9 +15,10 @@ A checkpoint that fails 2 or 3 is **corrupt**: it never counts as complete (not 
 deletes it (it may be evidence of what went wrong; a person removes it by hand).
 
 Where it runs: ``kf-ckpt ls`` (every checkpoint; the verdict of a good one is kept in the scan
-cache, valid while the stamps of its directories are), gc before it deletes anything (on disk,
-never from the cache: every complete checkpoint newer than the oldest victim, and the complete
-victims themselves), resume, and the choice of a checkpoint to export or show.
+cache, valid while the stamps of its directories are), gc and the manager's retention round
+before they delete anything (every complete checkpoint newer than the oldest victim, and the
+complete victims themselves; gc reuses and records cached verdicts, the manager's light scan
+checks on disk), resume, and the choice of a checkpoint to export or show.
 """
 
 from __future__ import annotations
