@@ -14,6 +14,7 @@ The same allowlist (:func:`is_allowed_global`) guards the torch reader of
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
@@ -171,24 +172,37 @@ def read_manifest(path: str | os.PathLike[str], *, dir_fd: int | None = None) ->
             raise ManifestError("empty (0 bytes)")
         if st.st_size > MAX_MANIFEST_BYTES:
             raise ManifestError(f"{st.st_size} bytes, over the {MAX_MANIFEST_BYTES} byte limit")
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            try:
-                root = _ManifestUnpickler(fh).load()
-            except EOFError:
-                raise ManifestError("truncated (ends before the pickle does)") from None
-            except RecursionError:
-                raise ManifestError("nested too deep") from None
-            except MemoryError:
-                raise ManifestError("too large to read") from None
-            except Exception as exc:  # any malformed pickle: corrupt, never a crash
-                raise ManifestError(f"not DCP metadata ({type(exc).__name__}: {exc})") from exc
-            if fh.read(1):
-                raise ManifestError("trailing bytes after the pickle")
+        data = _read_all(fd, st.st_size)
     except OSError as exc:
         raise ManifestError(f"cannot read it: {exc.strerror}") from exc
     finally:
         os.close(fd)
+    fh = io.BytesIO(data)
+    try:
+        root = _ManifestUnpickler(fh).load()
+    except EOFError:
+        raise ManifestError("truncated (ends before the pickle does)") from None
+    except RecursionError:
+        raise ManifestError("nested too deep") from None
+    except MemoryError:
+        raise ManifestError("too large to read") from None
+    except Exception as exc:  # any malformed pickle: corrupt, never a crash
+        raise ManifestError(f"not DCP metadata ({type(exc).__name__}: {exc})") from exc
+    if fh.read(1):
+        raise ManifestError("trailing bytes after the pickle")
     return _manifest_of(root)
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    """The whole file open as ``fd`` (``size`` bytes by its ``fstat``; a file that grows is cut)."""
+    chunks, left = [], size
+    while left > 0:
+        chunk = os.read(fd, min(left, 2**24))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def _manifest_of(root: Any) -> Manifest:

@@ -78,9 +78,10 @@ def retire_victims(root: str | Path, config: CheckpointConfig) -> GcResult:
         if catalog.cache_hits and plan.to_delete and not _probed_complete(plan):
             catalog = scan(path, use_cache=False)  # the cache was wrong: trust only a full walk
             plan = plan_retention(catalog, config)
-        # A deletion must rest on verifiably complete checkpoints, and a corrupt one is never
-        # a victim: the full check (manifest parsed through the allowlist, shards stat'ed).
-        catalog, plan = verify_deletions(catalog, plan, config)
+        # A deletion must not rest on a corrupt checkpoint, and a corrupt one is never a victim:
+        # their manifests are parsed through the allowlist (one open each, no walk: the shards
+        # are checked by gc, ls and resume, which may walk).
+        catalog, plan = verify_deletions(catalog, plan, config, shards=False)
         applied = apply_locked(plan, defer_removal=True)
     return GcResult(catalog=catalog, plan=plan, applied=applied)
 

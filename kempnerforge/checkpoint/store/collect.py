@@ -175,13 +175,19 @@ def _verified_plan(root: Path, config: CheckpointConfig | None) -> tuple[Catalog
 
 
 def verify_deletions(
-    catalog: Catalog, plan: RetentionPlan, config: CheckpointConfig | None
+    catalog: Catalog,
+    plan: RetentionPlan,
+    config: CheckpointConfig | None,
+    *,
+    shards: bool = True,
 ) -> tuple[Catalog, RetentionPlan]:
     """:func:`_verified_plan` for a catalog made otherwise (the manager's light scan).
 
     The checkpoints the deletions depend on that the catalog does not already know to be
-    verified get the full check on disk (nothing is written to the scan cache); the plan is
-    made again until its deletions rest on verified checkpoints only.
+    verified get checked on disk (nothing is written to the scan cache); the plan is made again
+    until its deletions rest on checked checkpoints only. ``shards=False`` checks their
+    manifests only (a bounded number of calls per checkpoint, see
+    :func:`~kempnerforge.checkpoint.store.verify.verify_checkpoint`).
     """
     from kempnerforge.checkpoint.store.verify import verify_catalog
 
@@ -195,7 +201,7 @@ def verify_deletions(
         }
         if not pending:
             break
-        catalog = verify_catalog(catalog, pending)
+        catalog = verify_catalog(catalog, pending, shards=shards)
         checked |= pending
         plan = plan_retention(catalog, config)
     return catalog, plan

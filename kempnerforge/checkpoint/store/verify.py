@@ -60,31 +60,58 @@ class Verification:
 _OK = Verification(complete=True)
 
 
-def verify_checkpoint(step_dir: Path, *, pp_stages: int | None = None) -> Verification:
+def verify_checkpoint(
+    step_dir: Path, *, pp_stages: int | None = None, shards: bool = True
+) -> Verification:
     """Check ``step_dir`` in full: the marker(s), the manifest(s), and every shard they name.
 
-    ``pp_stages`` defaults to the count recorded in its metadata.json. Never raises for what is
-    on disk: an unreadable file is a reason, not an exception.
+    ``pp_stages`` defaults to the count recorded in its metadata.json. ``shards=False`` checks
+    the manifests only (one ``open`` per DCP tree, no listing when the stage count is recorded
+    or the step directory holds the marker): the bounded check of the manager's retention round,
+    which must not walk shard files. Never raises for what is on disk: an unreadable file is a
+    reason, not an exception.
     """
-    if pp_stages is None:
-        pp_stages = recorded_pp_stages(step_dir)
-    status = check_complete(step_dir, pp_stages=pp_stages)
-    if not status.complete:
-        return Verification(complete=False, reason=status.reason)
-    trees = [(f"pp{k}/", path) for k, path in pp_stage_dirs(step_dir)] or [("", step_dir)]
+    trees = None if shards else _trees_without_listing(step_dir, pp_stages)
+    if trees is None:
+        if pp_stages is None:
+            pp_stages = recorded_pp_stages(step_dir)
+        status = check_complete(step_dir, pp_stages=pp_stages)
+        if not status.complete:
+            return Verification(complete=False, reason=status.reason)
+        trees = [(f"pp{k}/", path) for k, path in pp_stage_dirs(step_dir)] or [("", step_dir)]
     for where, tree in trees:
-        problem = _verify_tree(tree, where)
+        problem = _verify_tree(tree, where, shards=shards)
         if problem is not None:
-            return Verification(complete=False, corrupt=True, reason=problem)
+            complete_marker = problem != _NO_MARKER
+            reason = problem if complete_marker else f"no DCP {DCP_METADATA} in {where or './'}"
+            return Verification(complete=False, corrupt=complete_marker, reason=reason)
     return _OK
 
 
-def _verify_tree(tree: Path, where: str) -> str | None:
+_NO_MARKER = "no marker"
+
+
+def _trees_without_listing(step_dir: Path, pp_stages: int | None) -> list[tuple[str, Path]] | None:
+    """The DCP trees of a checkpoint when known without listing it, else None."""
+    if (step_dir / DCP_METADATA).is_file():
+        return [("", step_dir)]
+    if pp_stages is None:
+        pp_stages = recorded_pp_stages(step_dir)
+    if pp_stages:
+        return [(f"pp{k}/", step_dir / f"pp{k}") for k in range(pp_stages)]
+    return None
+
+
+def _verify_tree(tree: Path, where: str, *, shards: bool = True) -> str | None:
     """Why the DCP tree ``tree`` is corrupt, or None when it is whole."""
     try:
         manifest = read_manifest(tree / DCP_METADATA)
     except ManifestError as exc:
+        if str(exc) == "missing":
+            return _NO_MARKER
         return f"DCP {where}{DCP_METADATA} is unusable: {exc}"
+    if not shards:
+        return None
     for name, needed in sorted(manifest.files.items()):
         try:
             st = os.lstat(tree / name)
@@ -99,12 +126,13 @@ def _verify_tree(tree: Path, where: str) -> str | None:
     return None
 
 
-def verify_catalog(catalog: Catalog, steps: Iterable[int]) -> Catalog:
+def verify_catalog(catalog: Catalog, steps: Iterable[int], *, shards: bool = True) -> Catalog:
     """``catalog`` with the checkpoints of ``steps`` checked in full, on disk.
 
     A checkpoint that passes is marked ``verified``; one that fails is no longer ``complete``
     (``corrupt`` when its marker is there, with the reason). Steps that are not in the catalog,
-    or not complete by the cheap rule, are left as they are.
+    or not complete by the cheap rule, are left as they are. ``shards=False``: the manifests
+    only (see :func:`verify_checkpoint`); a pass then does not mark the checkpoint verified.
     """
     wanted = set(steps)
     if not wanted:
@@ -112,13 +140,13 @@ def verify_catalog(catalog: Catalog, steps: Iterable[int]) -> Catalog:
     checkpoints = []
     for info in catalog.checkpoints:
         if info.step in wanted and info.complete:
-            verdict = verify_checkpoint(info.path)
+            verdict = verify_checkpoint(info.path, shards=shards)
             info = dataclasses.replace(
                 info,
                 complete=verdict.complete,
                 corrupt=verdict.corrupt,
                 incomplete_reason=verdict.reason,
-                verified=verdict.complete,
+                verified=verdict.complete and shards,
             )
         checkpoints.append(info)
     return dataclasses.replace(catalog, checkpoints=tuple(checkpoints))
