@@ -20,7 +20,7 @@ from kempnerforge.checkpoint.store.collect import hold_lock
 from kempnerforge.checkpoint.store.layout import LOCK_NAME, POLICY_NAME
 from kempnerforge.checkpoint.store.policy import likely_milestones
 from tests._cli import run_installed
-from tests.checkpoint._trees import snapshot
+from tests.checkpoint._trees import dcp_manifest, snapshot
 
 UPSTREAM_STEPS = [0, 1, 2, 4, 8, 16, 20]
 MILESTONES = [0, 1, 2, 4, 8]
@@ -46,7 +46,8 @@ def write_upstream_checkpoint(root: Path, step: int) -> Path:
     (step_dir / "__0_0.distcp").write_bytes(os.urandom(2048))
     (step_dir / "train_state.pt").write_bytes(b"PK\x03\x04upstream-train-state")
     (step_dir / "metadata.json").write_text(json.dumps({"step": step, "tokens_seen": step * 4096}))
-    (step_dir / ".metadata").write_bytes(b"dcp-metadata")  # DCP writes it last
+    # DCP writes it last; it names the shard (a manifest must, or the checkpoint is corrupt).
+    (step_dir / ".metadata").write_bytes(dcp_manifest({"__0_0.distcp": 2048}))
     return step_dir
 
 
