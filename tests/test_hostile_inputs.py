@@ -126,14 +126,22 @@ def test_the_manager_reads_metadata_through_the_allowlist_even_past_verification
     tmp_path: Path, real_root: Path
 ) -> None:
     """A file swapped in after the checks: DCP's own metadata read is the allowlisted one."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from kempnerforge.checkpoint.export._dcp_meta import SafeFileSystemReader, load_error
+
     root = _copy_tree(real_root, tmp_path / "ckpt")
     marker = tmp_path / MARKER
-    model, optimizer = trained_model(seed=1)
-    manager = CheckpointManager(CheckpointConfig(dir=str(root)), model, optimizer)
     tree = root / "step_300"
     (tree / ".metadata").write_bytes(_payloads(marker)["os.system"])
-    with pytest.raises(CorruptCheckpointError, match="not a DCP metadata type"):
-        manager._load_tensors(tree, set(), partial=False)
+    with pytest.raises(CorruptCheckpointError, match="is not a DCP metadata type"):
+        SafeFileSystemReader(tree).read_metadata()
+    with pytest.raises(CorruptCheckpointError, match="is not a DCP metadata type"):
+        try:
+            dcp.load({"w": torch.zeros(2)}, storage_reader=SafeFileSystemReader(tree), no_dist=True)
+        except CheckpointException as exc:
+            raise load_error(exc, tree) from exc
     assert not marker.exists()
 
 
