@@ -110,5 +110,6 @@ def test_errors(edge_root: Path, tmp_path: Path) -> None:
     shutil.copytree(edge_root, broken)
     for shard in (broken / "step_5").glob("*.distcp"):
         shard.write_bytes(shard.read_bytes()[:100])  # truncated
-    with pytest.raises(ExportError, match="cannot read the tensors"):
-        checkpoint_stats(broken)
+    # A short shard makes the checkpoint corrupt before any tensor is read (the full check).
+    with pytest.raises(CorruptCheckpointError, match=r"step_5 is corrupt \(shard .* is truncated"):
+        checkpoint_stats(broken, step=5)
