@@ -393,23 +393,24 @@ class CheckpointManager(PinsMixin):
                 point_latest(self.root, step, pp_stages=self.pp_stages)
                 self._latest_step = step
             self._write_held_pins(step)  # pin(step) called while its save was in flight
-            self._cleanup()
+            self._cleanup(step)
 
     def _in_flight_step(self) -> int | None:
         """The step of the background save not yet published, if any."""
         pending = None if self._async is None else self._async.pending
         return None if pending is None else pending.step
 
-    def _cleanup(self) -> None:
-        """Retention after a save (rank 0): the store core's plan and apply, nothing else.
+    def _cleanup(self, step: int) -> None:
+        """Retention after the save of ``step`` (rank 0): the store core's plan and apply.
 
         Dynamic milestones and the ``latest`` target are kept and milestones do not use up
         ``keep_last_n`` (see :mod:`kempnerforge.checkpoint.store.retention`). Skipped for this
         round, never waited for, when ``kf-ckpt gc`` holds the lock. The victims are out of the
-        root when this returns; their files are removed by a background thread.
+        root when this returns; their files are removed by a background thread. ``step`` was
+        just written complete by every rank: the round need not verify it again.
         """
         if self._retention is not None:
-            self._retention.run_round(self.config)
+            self._retention.run_round(self.config, saved_step=step)
 
     def _advance_latest_early(self, step: int, future: Future[Any]) -> None:
         """Flush-thread callback on rank 0: point ``latest`` at ``step`` once it is complete.

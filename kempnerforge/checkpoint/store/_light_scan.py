@@ -113,10 +113,11 @@ def probe_complete(root_fd: int, name: str) -> bool:
     if stages is None:
         walk = walk_step_dir(root_fd, name)
         return not walk.vanished and checkpoint_fields(root_fd, name, 0, walk)["complete"]
-    has_marker, found = stages
-    return assess_complete(
+    has_marker, found, empty = stages
+    verdict = assess_complete(
         has_dcp_metadata=has_marker, stages=found, pp_stages=pp_stages_of(meta.data)
-    ).complete
+    )
+    return verdict.complete and not empty
 
 
 def _probed(root_fd: int, name: str, step: int) -> dict[str, Any] | None:
@@ -129,7 +130,7 @@ def _probed(root_fd: int, name: str, step: int) -> dict[str, Any] | None:
     pp_stages = pp_stages_of(meta.data)
     stages = _recorded_stages(root_fd, name, pp_stages)
     if stages is not None:
-        has_marker, found = stages
+        has_marker, found, empty = stages
         verdict = assess_complete(has_dcp_metadata=has_marker, stages=found, pp_stages=pp_stages)
         if verdict.complete:
             probe = StepWalk(
@@ -137,6 +138,7 @@ def _probed(root_fd: int, name: str, step: int) -> dict[str, Any] | None:
                 has_dcp_metadata=has_marker,
                 stages=dict(found),
                 has_pin=True,  # not listed: checkpoint_fields tries to open the pin file
+                empty_markers=empty,  # a 0-byte .metadata: corrupt, as the walk finds it
             )
             fields = checkpoint_fields(root_fd, name, step, probe, meta=meta)
             fields["size_known"] = False
@@ -150,21 +152,27 @@ def _probed(root_fd: int, name: str, step: int) -> dict[str, Any] | None:
 
 def _recorded_stages(
     root_fd: int, name: str, pp_stages: int | None
-) -> tuple[bool, dict[int, bool]] | None:
-    """(step directory holds the marker, {stage: holds the marker}) from direct probes.
+) -> tuple[bool, dict[int, bool], list[str]] | None:
+    """(step directory holds the marker, {stage: holds the marker}, where a marker is empty)
+    from direct probes; the last as the walk records it (``./``, ``pp0/``).
 
     None when only a listing can tell: no marker in the step directory and no recorded stage
     count (an incomplete save, or a pipeline checkpoint written by another tool).
     """
+    empty: list[str] = []
     if pp_stages:
         found = {}
         for k in range(pp_stages):
             stage = f"{name}/pp{k}"
-            found[k] = _is_real_dir(root_fd, stage) and _has_marker(root_fd, stage)
-        return False, found
-    if _has_marker(root_fd, name):
-        return True, {}
-    return None
+            marker = _marker(root_fd, stage) if _is_real_dir(root_fd, stage) else None
+            found[k] = marker is not None
+            if marker == 0:
+                empty.append(f"pp{k}/")
+        return False, found, empty
+    marker = _marker(root_fd, name)
+    if marker is None:
+        return None
+    return True, {}, ["./"] if marker == 0 else []
 
 
 def _is_real_dir(root_fd: int, rel: str) -> bool:
@@ -174,13 +182,14 @@ def _is_real_dir(root_fd: int, rel: str) -> bool:
         return False
 
 
-def _has_marker(root_fd: int, rel_dir: str) -> bool:
-    """``rel_dir`` holds DCP's ``.metadata``: a regular file, or a symlink to one (as the walk)."""
+def _marker(root_fd: int, rel_dir: str) -> int | None:
+    """The size of DCP's ``.metadata`` in ``rel_dir`` (-1 for a symlink to a regular file, as
+    the walk counts it); None when there is no such marker."""
     marker = f"{rel_dir}/{DCP_METADATA}"
     try:
-        mode = os.lstat(marker, dir_fd=root_fd).st_mode
-        if stat.S_ISLNK(mode):
-            mode = os.stat(marker, dir_fd=root_fd).st_mode
+        st = os.lstat(marker, dir_fd=root_fd)
+        if stat.S_ISLNK(st.st_mode):
+            return -1 if stat.S_ISREG(os.stat(marker, dir_fd=root_fd).st_mode) else None
     except OSError:
-        return False
-    return stat.S_ISREG(mode)
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None

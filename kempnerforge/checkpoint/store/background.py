@@ -27,23 +27,27 @@ next round (which retries), never raised into the training loop.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 import logging
 import os
 import stat
 import threading
+from collections.abc import Collection
 from pathlib import Path
 
 from kempnerforge.checkpoint.store._light_scan import probe_complete, scan_light
 from kempnerforge.checkpoint.store._lock import hold_lock
 from kempnerforge.checkpoint.store._trash import clear_trash, open_trash
-from kempnerforge.checkpoint.store.catalog import check_root, scan
+from kempnerforge.checkpoint.store._walk import Stamp, stamp_of
+from kempnerforge.checkpoint.store.catalog import Catalog, check_root, scan
 from kempnerforge.checkpoint.store.collect import (
     GcResult,
     apply_locked,
     relied_upon,
     verify_deletions,
 )
-from kempnerforge.checkpoint.store.layout import TRASH_NAME
+from kempnerforge.checkpoint.store.layout import TRASH_NAME, step_dir_name
 from kempnerforge.checkpoint.store.retention import RetentionPlan, plan_retention
 from kempnerforge.config.checkpoint import CheckpointConfig
 from kempnerforge.errors import KempnerForgeError, LockBusyError
@@ -57,14 +61,19 @@ CLOSE_WAIT_S = 300.0
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
-def retire_victims(root: str | Path, config: CheckpointConfig) -> GcResult:
+def retire_victims(
+    root: str | Path, config: CheckpointConfig, *, known_good: Collection[int] = ()
+) -> GcResult:
     """A retention round that keeps the caller off the shard files: light scan, plan, rename.
 
     Under the lock (tried once, never waited for), as
     :func:`~kempnerforge.checkpoint.store.collect.collect_garbage` does, except that the scan is
     light, the checkpoints the plan relies on are re-checked by probes, and the victims are only
     renamed into the trash (durably) and reported as ``applied.in_trash``: removing their files
-    is the caller's job, on another thread.
+    is the caller's job, on another thread. The checkpoints the deletions rest on are checked
+    (their manifests parsed through the allowlist), except those of ``known_good``: steps the
+    caller knows pass (it wrote them, or checked them in an earlier round and they have not
+    changed since).
 
     Raises:
         CheckpointRootError: ``root`` is missing or not a directory.
@@ -73,7 +82,7 @@ def retire_victims(root: str | Path, config: CheckpointConfig) -> GcResult:
     """
     path = check_root(root)
     with hold_lock(path, wait_lock_s=0.0):
-        catalog = scan_light(path)
+        catalog = _vouched(scan_light(path), known_good)
         plan = plan_retention(catalog, config)
         if catalog.cache_hits and plan.to_delete and not _probed_complete(plan):
             catalog = scan(path, use_cache=False)  # the cache was wrong: trust only a full walk
@@ -84,6 +93,17 @@ def retire_victims(root: str | Path, config: CheckpointConfig) -> GcResult:
         catalog, plan = verify_deletions(catalog, plan, config, shards=False)
         applied = apply_locked(plan, defer_removal=True)
     return GcResult(catalog=catalog, plan=plan, applied=applied)
+
+
+def _vouched(catalog: Catalog, known_good: Collection[int]) -> Catalog:
+    """``catalog`` with the complete checkpoints of ``known_good`` marked verified."""
+    if not known_good:
+        return catalog
+    checkpoints = tuple(
+        dataclasses.replace(c, verified=True) if c.complete and c.step in known_good else c
+        for c in catalog.checkpoints
+    )
+    return dataclasses.replace(catalog, checkpoints=checkpoints)
 
 
 def _probed_complete(plan: RetentionPlan) -> bool:
@@ -118,6 +138,9 @@ class BackgroundRetention:
         self._thread: threading.Thread | None = None
         self._again = False  # a round moved more victims while the thread was emptying
         self._problems: list[str] = []  # background errors not yet reported at a round
+        # Checkpoints known to pass the check (this process wrote them, or a round checked
+        # them), with the stamps of their directories then: checked once, not every round.
+        self._good: dict[str, list[Stamp | None]] = {}
 
     @property
     def emptying(self) -> bool:
@@ -125,27 +148,50 @@ class BackgroundRetention:
         with self._mutex:
             return self._thread is not None
 
-    def run_round(self, config: CheckpointConfig) -> GcResult | None:
+    def run_round(
+        self, config: CheckpointConfig, *, saved_step: int | None = None
+    ) -> GcResult | None:
         """Plan, rename the victims into the trash, start emptying it; never raises.
+
+        ``saved_step`` is the checkpoint this process has just written and seen complete on
+        every rank: it counts as checked (see :func:`retire_victims`).
 
         Returns the round's result; None when it was skipped (another process holds the lock:
         the next round retries) or failed (logged).
         """
         self._report_problems("since the last save; retrying")
+        if saved_step is not None:
+            self._remember(step_dir_name(saved_step))
         result = None
         try:
-            result = retire_victims(self.root, config)
+            result = retire_victims(self.root, config, known_good=self._still_good())
         except LockBusyError as exc:
             logger.warning("retention skipped this round (another process holds the lock): %s", exc)
         except (OSError, KempnerForgeError, RecursionError) as exc:
             logger.error("retention failed under %s: %s; run 'kf-ckpt gc'", self.root, exc)
         else:
             _log_round(result)
+            for info in result.catalog.checkpoints:
+                if info.verified and info.name not in self._good:
+                    self._remember(info.name)
         if (result is not None and result.applied and result.applied.in_trash) or _has_trash(
             self.root
         ):
             self._start_emptying()
         return result
+
+    def _remember(self, name: str) -> None:
+        self._good[name] = _stamps(self.root, name)
+
+    def _still_good(self) -> set[int]:
+        """The remembered checkpoints whose directories have not changed (a few ``lstat`` each)."""
+        good = set()
+        for name, stamps in list(self._good.items()):
+            if stamps[0] is not None and _stamps(self.root, name) == stamps:
+                good.add(int(name.removeprefix("step_")))
+            else:
+                del self._good[name]  # gone or changed: checked again if a deletion needs it
+        return good
 
     def wait(self, timeout_s: float | None = None) -> bool:
         """Wait until the trash is emptied (at most ``timeout_s``); True when it is."""
@@ -239,6 +285,20 @@ def _empty_trash(root: Path) -> list[str]:
         return [f"cannot list {root / TRASH_NAME}: {exc.strerror}"]
     finally:
         os.close(root_fd)
+
+
+def _stamps(root: Path, name: str) -> list[Stamp | None]:
+    """The stamps of step directory ``name`` and of its ``pp<k>`` stage directories."""
+    stamps: list[Stamp | None] = []
+    for rel in itertools.chain([name], (f"{name}/pp{k}" for k in itertools.count())):
+        try:
+            st = os.lstat(root / rel)
+        except OSError:
+            if not stamps:
+                stamps.append(None)  # the step directory itself is gone
+            break
+        stamps.append(stamp_of(st))
+    return stamps
 
 
 def _has_trash(root: Path) -> bool:

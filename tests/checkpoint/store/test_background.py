@@ -28,12 +28,14 @@ from tests.checkpoint._trees import add_entries, make_checkpoint, make_root
 OLD_S = 1_600_000_000.0  # an mtime far outside retention's in-flight grace period
 EMPTIER = "kf-ckpt trash emptier"
 
-_recording: list[tuple[str, Any]] | None = None
+_recording: tuple[int, list[tuple[str, Any]]] | None = None
 
 
 def _audit(event: str, args: tuple[Any, ...]) -> None:
-    if _recording is not None and event in ("open", "os.listdir", "os.scandir"):
-        _recording.append((event, args[0]))
+    if event in ("open", "os.listdir", "os.scandir") and _recording is not None:
+        thread, calls = _recording
+        if threading.get_ident() == thread:
+            calls.append((event, args[0]))
 
 
 sys.addaudithook(_audit)  # audit hooks cannot be removed; it records only inside _file_calls
@@ -41,13 +43,22 @@ sys.addaudithook(_audit)  # audit hooks cannot be removed; it records only insid
 
 @contextmanager
 def _file_calls() -> Iterator[list[tuple[str, Any]]]:
-    """Record the files opened and the directories listed by this process meanwhile."""
+    """Record the files this thread opens and the directories it lists meanwhile."""
     global _recording
-    _recording = calls = []
+    calls: list[tuple[str, Any]] = []
+    _recording = (threading.get_ident(), calls)
     try:
         yield calls
     finally:
         _recording = None
+
+
+def _listed(calls: list[tuple[str, Any]]) -> list[Any]:
+    return [arg for event, arg in calls if event != "open"]
+
+
+def _manifests(calls: list[tuple[str, Any]]) -> list[str]:
+    return [str(arg) for event, arg in calls if event == "open" and str(arg).endswith(".metadata")]
 
 
 def _view(plan: RetentionPlan) -> list[tuple[int, str, str]]:
@@ -66,6 +77,7 @@ def test_light_scan_plans_exactly_as_the_full_scan(tmp_path: Path) -> None:
     make_checkpoint(tmp_path, 100, mtime_s=OLD_S)
     make_checkpoint(tmp_path, 150, mtime_s=OLD_S)
     make_checkpoint(tmp_path, 200, milestone=True, mtime_s=OLD_S)
+    (make_checkpoint(tmp_path, 250) / ".metadata").write_bytes(b"")  # corrupt: empty manifest
     make_checkpoint(tmp_path, 300, complete=False, mtime_s=OLD_S)  # abandoned
     make_checkpoint(tmp_path, 400, pp_stages=2, mtime_s=OLD_S)
     make_checkpoint(tmp_path, 450, pp_stages=2, complete=False, mtime_s=OLD_S)
@@ -84,6 +96,7 @@ def test_light_scan_plans_exactly_as_the_full_scan(tmp_path: Path) -> None:
         (100, "delete", "beyond_keep_last_n"),
         (150, "keep", "pinned"),
         (200, "keep", "milestone"),
+        (250, "keep", "corrupt"),
         (300, "delete", "abandoned_incomplete"),
         (400, "keep", "latest"),
         (450, "delete", "abandoned_incomplete"),
@@ -93,14 +106,14 @@ def test_light_scan_plans_exactly_as_the_full_scan(tmp_path: Path) -> None:
     ]
     # Complete checkpoints are probed, not walked: no size; incomplete ones are walked.
     unsized = [c.step for c in light.checkpoints if not c.size_known]
-    assert unsized == [100, 150, 200, 400, 600]
+    assert unsized == [100, 150, 200, 250, 400, 600]
     assert light.get(150).pin == full.get(150).pin  # type: ignore[union-attr]
     assert all(light.get(s).size_bytes == 0 for s in unsized)  # type: ignore[union-attr]
     assert light.get(300).size_bytes == full.get(300).size_bytes > 0  # type: ignore[union-attr]
 
     scan(tmp_path)  # a full scan (kf-ckpt ls) records the old complete ones in the cache
     cached = scan_light(tmp_path)
-    assert [c.step for c in cached.checkpoints if not c.size_known] == [600]  # just written
+    assert [c.step for c in cached.checkpoints if not c.size_known] == [250, 600]  # not cached
     assert cached.get(100) == full.get(100)  # sizes and all, from the cache
 
 
@@ -109,27 +122,48 @@ def test_a_round_lists_no_checkpoint_and_leaves_the_files_to_the_caller(tmp_path
     leftover = make_checkpoint(tmp_path / TRASH_NAME, 0)  # an interrupted run's trash
     before = {step: sorted(os.listdir(tmp_path / f"step_{step}")) for step in range(1, 7)}
 
-    with _file_calls() as calls:
-        result = retire_victims(tmp_path, CheckpointConfig(keep_last_n=2))
+    with _file_calls() as calls:  # all known to pass the full check (see the next test)
+        result = retire_victims(tmp_path, CheckpointConfig(keep_last_n=2), known_good=range(9))
 
     assert result.applied is not None
     assert [d.step for d in result.applied.in_trash] == [1, 2, 3, 4, 5, 6]
     assert result.applied.deleted == () and result.applied.bytes_freed == 0
     assert _steps(tmp_path) == [7, 8]
     # One listing (the root), and a bounded number of files opened per checkpoint: no walk.
-    listed = [arg for event, arg in calls if event != "open"]
+    listed = _listed(calls)
     assert len(listed) == 1 and not isinstance(listed[0], str | bytes | os.PathLike)
     opened = [str(arg) for event, arg in calls if event == "open"]
-    assert not any(".distcp" in name for name in opened)
-    # Three files per checkpoint for the light scan, and its .metadata: the round parses the
-    # manifest of each checkpoint its deletions rest on (store/verify.py), one open each.
-    assert len(opened) <= 4 * 8 + 4
+    assert not any(".distcp" in name or ".metadata" in name for name in opened)
+    assert len(opened) <= 3 * 8 + 4
     # Nothing removed on the caller's thread: the victims and the leftover are whole.
     trash = {name.split(".")[0]: name for name in os.listdir(tmp_path / TRASH_NAME)}
     assert sorted(trash) == [f"step_{s}" for s in range(7)]
     for step, names in before.items():
         assert sorted(os.listdir(tmp_path / TRASH_NAME / trash[f"step_{step}"])) == names
     assert leftover.is_dir()
+
+
+def test_what_a_deletion_rests_on_is_verified_once_not_every_round(tmp_path: Path) -> None:
+    make_root(tmp_path, range(1, 5), latest=4, mtime_s=OLD_S)
+    retention = BackgroundRetention(tmp_path)
+    config = CheckpointConfig(keep_last_n=1)
+
+    with _file_calls() as first:  # a resumed run: nothing known yet, full checks
+        retention.run_round(config)
+    assert retention.wait(60)
+    make_checkpoint(tmp_path, 5)
+    update_latest(tmp_path, 5)
+    with _file_calls() as second:  # step 5 just written by this process; step 4 checked before
+        result = retention.run_round(config, saved_step=5)
+    retention.close()
+
+    assert sorted(Path(m).parent.name for m in _manifests(first)) == [
+        f"step_{s}" for s in range(1, 5)
+    ]
+    assert result is not None and [d.step for d in result.applied.in_trash] == [4]  # type: ignore[union-attr]
+    assert _manifests(second) == []
+    assert len(_listed(second)) == 1  # the root only
+    assert _steps(tmp_path) == [5]
 
 
 def test_one_emptier_thread_empties_the_trash_and_close_waits_for_it(
