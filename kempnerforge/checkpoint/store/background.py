@@ -171,14 +171,22 @@ class BackgroundRetention:
             logger.error("retention failed under %s: %s; run 'kf-ckpt gc'", self.root, exc)
         else:
             _log_round(result)
-            for info in result.catalog.checkpoints:
-                if info.verified and info.name not in self._good:
-                    self._remember(info.name)
+            self._remember_checked(result)
         if (result is not None and result.applied and result.applied.in_trash) or _has_trash(
             self.root
         ):
             self._start_emptying()
         return result
+
+    def _remember_checked(self, result: GcResult) -> None:
+        """Remember what the round found good: verified in full (the scan cache), or checked
+        because a deletion rests on it (every complete checkpoint from the oldest victim up)."""
+        victims = result.plan.to_delete
+        oldest = victims[0].step if victims else None
+        for info in result.catalog.checkpoints:
+            checked = oldest is not None and info.complete and info.step >= oldest
+            if (info.verified or checked) and info.name not in self._good:
+                self._remember(info.name)
 
     def _remember(self, name: str) -> None:
         self._good[name] = _stamps(self.root, name)
