@@ -9,6 +9,7 @@ working memory is a few MiB whatever the tensor size.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from kempnerforge.checkpoint.export._dcp_meta import (
     plan_model_part,
 )
 from kempnerforge.checkpoint.export._plan import batches
-from kempnerforge.checkpoint.store.selection import resolve_checkpoint
+from kempnerforge.checkpoint.store.selection import leased_checkpoint
 from kempnerforge.errors import ConfigError, ExportError
 
 __all__ = [
@@ -69,22 +70,25 @@ class Source:
         return sum(e.size_bytes for e in self.entries)
 
 
+@contextlib.contextmanager
 def open_source(
     src: str | Path,
     step: int | None = None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
-) -> tuple[Source, tuple[str, ...]]:
+) -> Iterator[tuple[Source, tuple[str, ...]]]:
     """Resolve ``src`` (a checkpoint directory, or a root with ``step``) and plan its reading.
 
-    Returns the source and the notes (skipped entries) to show the user.
+    Yields the source and the notes (skipped entries) to show the user, holding a read lease
+    on the checkpoint for the ``with`` block, so that a gc does not delete it meanwhile.
 
     Raises:
         CheckpointRootError, CheckpointNotFoundError: ``src``/``step`` name no checkpoint.
         CorruptCheckpointError: the checkpoint is incomplete or its metadata is unreadable.
         ExportError: the selection (the model part, or the patterns) leaves no tensor.
     """
-    return source_of(resolve_checkpoint(src, step), include, exclude)
+    with leased_checkpoint(src, step) as step_dir:
+        yield source_of(step_dir, include, exclude)
 
 
 def source_of(

@@ -12,6 +12,7 @@ NaN or Inf values propagate (IEEE rules); the JSON document writes such results 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -199,8 +200,23 @@ def diff_checkpoints(
         ('layers.0', 0.042)
     """
     _check(depth, sort, top)
-    source_a, notes_a = open_source(a, step_a, include, exclude)
-    source_b, notes_b = open_source(b, step_b, include, exclude)
+    with contextlib.ExitStack() as stack:
+        source_a, notes_a = stack.enter_context(open_source(a, step_a, include, exclude))
+        source_b, notes_b = stack.enter_context(open_source(b, step_b, include, exclude))
+        return _diff(source_a, notes_a, source_b, notes_b, depth, sort, top, batch_bytes, progress)
+
+
+def _diff(
+    source_a: Source,
+    notes_a: tuple[str, ...],
+    source_b: Source,
+    notes_b: tuple[str, ...],
+    depth: int | None,
+    sort: DiffSort,
+    top: int | None,
+    batch_bytes: int,
+    progress: Callable[[int, int], None] | None,
+) -> DiffResult:
     by_name_b = {e.name: e for e in source_b.entries}
     names_a = {e.name for e in source_a.entries}
     pairs = [(e, by_name_b[e.name]) for e in source_a.entries if e.name in by_name_b]

@@ -150,31 +150,35 @@ def checkpoint_stats(
         >>> stats.total.nan_count, stats.tensors[0].l2_norm  # doctest: +SKIP
         (0, 11.31)
     """
-    source, notes = open_source(src, step, include, exclude)
-    plan = plan_batches(source.entries, batch_bytes)
-    bar = ByteProgress(source.size_bytes, progress)
-    results: list[TensorStats] = []
-    buffer = torch.empty(0, dtype=torch.float64)
-    for batch in plan:
-        loaded = load_batch(source.part, batch)
-        for entry in batch:
-            tensor = loaded.pop(entry.name)
-            if buffer.numel() < min(tensor.numel(), CHUNK_NUMEL):
-                buffer = torch.empty(min(tensor.numel(), CHUNK_NUMEL), dtype=torch.float64)
-            results.append(tensor_stats(entry.name, tensor, buffer))
-            del tensor
-        bar.add(sum(e.size_bytes for e in batch))
-    sumsq = sum((t.l2_norm or 0.0) ** 2 for t in results)
-    total = StatsTotal(
-        tensors=len(results),
-        numel=sum(t.numel for t in results),
-        l2_norm=math.sqrt(sumsq),
-        nan_count=sum(t.nan_count for t in results),
-        inf_count=sum(t.inf_count for t in results),
-    )
-    return CheckpointStats(
-        source=source.step_dir, step=source.step, tensors=tuple(results), total=total, notes=notes
-    )
+    with open_source(src, step, include, exclude) as (source, notes):
+        plan = plan_batches(source.entries, batch_bytes)
+        bar = ByteProgress(source.size_bytes, progress)
+        results: list[TensorStats] = []
+        buffer = torch.empty(0, dtype=torch.float64)
+        for batch in plan:
+            loaded = load_batch(source.part, batch)
+            for entry in batch:
+                tensor = loaded.pop(entry.name)
+                if buffer.numel() < min(tensor.numel(), CHUNK_NUMEL):
+                    buffer = torch.empty(min(tensor.numel(), CHUNK_NUMEL), dtype=torch.float64)
+                results.append(tensor_stats(entry.name, tensor, buffer))
+                del tensor
+            bar.add(sum(e.size_bytes for e in batch))
+        sumsq = sum((t.l2_norm or 0.0) ** 2 for t in results)
+        total = StatsTotal(
+            tensors=len(results),
+            numel=sum(t.numel for t in results),
+            l2_norm=math.sqrt(sumsq),
+            nan_count=sum(t.nan_count for t in results),
+            inf_count=sum(t.inf_count for t in results),
+        )
+        return CheckpointStats(
+            source=source.step_dir,
+            step=source.step,
+            tensors=tuple(results),
+            total=total,
+            notes=notes,
+        )
 
 
 def tensor_stats(

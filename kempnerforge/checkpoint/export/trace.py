@@ -14,6 +14,7 @@ numbers are those of its tensors as one vector.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,7 +35,8 @@ from kempnerforge.checkpoint.export._stream import (
     plan_batches,
     source_of,
 )
-from kempnerforge.checkpoint.export._trace_select import select_steps
+from kempnerforge.checkpoint.export._trace_select import ChosenSteps, select_steps
+from kempnerforge.checkpoint.store.selection import leased
 from kempnerforge.errors import ConfigError
 
 __all__ = ["StepSelection", "TraceResult", "TraceRow", "trace_checkpoints"]
@@ -132,6 +134,20 @@ def trace_checkpoints(
     if depth is not None and depth < 1:
         raise ConfigError(f"group depth must be at least 1, got {depth}")
     chosen = select_steps(Path(root), steps)
+    with contextlib.ExitStack() as stack:
+        for path in chosen.paths:
+            stack.enter_context(leased(path))
+        return _trace(chosen, include, exclude, depth, batch_bytes, progress)
+
+
+def _trace(
+    chosen: ChosenSteps,
+    include: Sequence[str],
+    exclude: Sequence[str],
+    depth: int | None,
+    batch_bytes: int,
+    progress: Callable[[int, int], None] | None,
+) -> TraceResult:
     notes = list(chosen.notes)
     sources: list[Source] = []
     for path in chosen.paths:

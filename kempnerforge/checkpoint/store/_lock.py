@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,19 +72,61 @@ def read_lease(step_dir: Path) -> Iterator[bool]:
     written there, and the read goes ahead unprotected), or ``step_dir`` is not a ``step_<N>``.
     """
     step = parse_step(step_dir.name)
-    fd = None if step is None else _open_readers(step_dir.parent, create=True)
-    if step is None or fd is None:
-        yield False
-        return
+    held = step is not None and _leases.take(step_dir.parent, step)
     try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_SH, 1, step)
-        except OSError:
-            yield False
-            return
-        yield True
+        yield held
     finally:
-        os.close(fd)  # releases the lease
+        if held:
+            _leases.give_back(step_dir.parent, step)  # type: ignore[arg-type]
+
+
+class _Leases:
+    """The read leases this process holds: one descriptor per root, a count per step.
+
+    POSIX record locks belong to the process, and closing *any* descriptor of a file drops
+    every lock the process holds on it. Two leases of one process on one root (``diff A B``,
+    ``trace``, an export that verifies) must therefore share one descriptor, and a byte is
+    unlocked only when its last lease ends.
+    """
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._roots: dict[str, tuple[int, dict[int, int]]] = {}
+
+    def take(self, root: Path, step: int) -> bool:
+        key = os.path.realpath(root)
+        with self._mutex:
+            fd, counts = self._roots.get(key, (None, {}))
+            if fd is None:
+                fd = _open_readers(root, create=True)
+                if fd is None:
+                    return False
+            if counts.get(step, 0) == 0:
+                try:
+                    fcntl.lockf(fd, fcntl.LOCK_SH, 1, step)
+                except OSError:
+                    if not counts:
+                        os.close(fd)
+                    return False
+            counts[step] = counts.get(step, 0) + 1
+            self._roots[key] = (fd, counts)
+            return True
+
+    def give_back(self, root: Path, step: int) -> None:
+        key = os.path.realpath(root)
+        with self._mutex:
+            fd, counts = self._roots[key]
+            counts[step] -= 1
+            if counts[step] == 0:
+                del counts[step]
+                with contextlib.suppress(OSError):
+                    fcntl.lockf(fd, fcntl.LOCK_UN, 1, step)
+            if not counts:
+                del self._roots[key]
+                os.close(fd)
+
+
+_leases = _Leases()
 
 
 def _open_readers(root: Path, *, create: bool) -> int | None:

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ConfigSelection",
     "RecordedConfig",
+    "leased",
     "leased_checkpoint",
     "newest_complete",
     "recorded_config",
@@ -388,10 +389,20 @@ def leased_checkpoint(src: str | Path, step: int | None = None) -> Iterator[Path
     Raises:
         CheckpointNotFoundError: also when the checkpoint was deleted before the lease began.
     """
+    with leased(resolve_checkpoint(src, step)) as step_dir:
+        yield step_dir
+
+
+@contextlib.contextmanager
+def leased(step_dir: Path) -> Iterator[Path]:
+    """Hold a read lease on the checkpoint directory ``step_dir`` (see :func:`leased_checkpoint`).
+
+    Raises:
+        CheckpointNotFoundError: the checkpoint was deleted before the lease began.
+    """
     from kempnerforge.checkpoint.store._lock import read_lease
     from kempnerforge.errors import CheckpointNotFoundError
 
-    step_dir = resolve_checkpoint(src, step)
     with read_lease(step_dir):
         if not step_dir.is_dir():
             raise CheckpointNotFoundError(
