@@ -8,6 +8,7 @@ and what to do next.
 from __future__ import annotations
 
 import os
+from enum import StrEnum
 
 __all__ = [
     "CheckpointNotFoundError",
@@ -44,10 +45,35 @@ def describe_os_error(exc: OSError) -> str:
     return f"{where + ': ' if where else ''}{reason}{f' ({name})' if name else ''}"
 
 
+class Remedy(StrEnum):
+    """What the caller can do about an error, named without naming a command-line flag.
+
+    Library messages reach training logs, where ``--force`` means nothing; the CLI turns a
+    remedy into the flag that applies (``kempnerforge.cli._render.REMEDY_HINTS``).
+    """
+
+    force = "force"
+    """Replace the existing output (``force=True``)."""
+    wait_lock = "wait_lock"
+    """Wait for the root's lock instead of giving up at once (``wait_lock_s``)."""
+    config_file = "config_file"
+    """Give the run's job file instead of the config recorded in its checkpoints."""
+    drop_step = "drop_step"
+    """Name the root (with the step), or the checkpoint directory without a step."""
+
+
 class KempnerForgeError(Exception):
-    """Base class of every error the toolkit raises on purpose. Exit code 1."""
+    """Base class of every error the toolkit raises on purpose. Exit code 1.
+
+    Args:
+        remedy: what the caller can do about it, when that is one of the :class:`Remedy` cases.
+    """
 
     exit_code: int = EXIT_FAILED
+
+    def __init__(self, *args: object, remedy: Remedy | None = None) -> None:
+        super().__init__(*args)
+        self.remedy = remedy
 
 
 class ConfigError(KempnerForgeError, ValueError):

@@ -25,6 +25,7 @@ import click
 
 from kempnerforge.cli._text import escape
 from kempnerforge.config.loader import config_to_dict
+from kempnerforge.errors import KempnerForgeError, Remedy
 
 if TYPE_CHECKING:
     from kempnerforge.checkpoint.store.catalog import Catalog
@@ -270,3 +271,17 @@ def human_float(value: float | None, digits: int = 4) -> str:
     if value is None:
         return "-"
     return f"{value:.{digits}g}"
+
+
+REMEDY_HINTS: dict[Remedy, str] = {
+    Remedy.force: "; pass --force to replace it",
+    Remedy.wait_lock: ", or wait for it with --wait-lock SECONDS",
+    Remedy.config_file: "; pass the run's job file with --config",
+    Remedy.drop_step: "; drop --step or pass the root",
+}
+"""The command-line form of each remedy a library error names (its message names no flag)."""
+
+
+def error_text(exc: KempnerForgeError) -> str:
+    """A library error as the CLI prints it: the message, then the flag that helps, if any."""
+    return str(exc) + (REMEDY_HINTS[exc.remedy] if exc.remedy is not None else "")

@@ -57,7 +57,9 @@ class _LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except KempnerForgeError as exc:
-            click.echo(f"kf-ckpt: error: {escape(str(exc))}", err=True)
+            from kempnerforge.cli._render import error_text  # not on the --help path
+
+            click.echo(f"kf-ckpt: error: {escape(error_text(exc))}", err=True)
             ctx.exit(exc.exit_code)
         except OSError as exc:
             # An OS error no library call turned into a message of its own (a full disk, a

@@ -22,7 +22,7 @@ from pathlib import Path
 from kempnerforge.checkpoint.export._safetensors_io import temp_path
 from kempnerforge.checkpoint.store.files import TempName, fsync_dir, parse_temp_name
 from kempnerforge.checkpoint.store.layout import managed_path_reason
-from kempnerforge.errors import ExportError, OutputExistsError, UnsafeOutputError
+from kempnerforge.errors import ExportError, OutputExistsError, Remedy, UnsafeOutputError
 
 __all__ = [
     "INDEX_FILE",
@@ -113,7 +113,7 @@ def prepare_output(out: Path, *, force: bool) -> OutputTarget:
         directory, single = out, False
     if existing and not force:
         shown = ", ".join(str(p) for p in existing[:3]) + (" ..." if len(existing) > 3 else "")
-        raise OutputExistsError(f"output exists: {shown}; pass --force to replace it")
+        raise OutputExistsError(f"output exists: {shown}", remedy=Remedy.force)
     return OutputTarget(path=out, directory=directory, single_file=single, existing=existing)
 
 

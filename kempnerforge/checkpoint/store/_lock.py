@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from kempnerforge.checkpoint.store.layout import LOCK_NAME, READERS_NAME, parse_step
-from kempnerforge.errors import LockBusyError, RetentionError
+from kempnerforge.errors import LockBusyError, Remedy, RetentionError
 
 __all__ = ["ReaderGuard", "hold_lock", "lock_is_held", "read_lease"]
 
@@ -206,8 +206,8 @@ def _acquire(fd: int, path: Path, wait_lock_s: float) -> None:
             if remaining <= 0:
                 holder = _read_holder(fd)
                 raise LockBusyError(
-                    f"{path} is held by another process{holder} (a save or a gc); "
-                    f"retry later, or wait for it with --wait-lock SECONDS"
+                    f"{path} is held by another process{holder} (a save or a gc); retry later",
+                    remedy=Remedy.wait_lock,
                 ) from None
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, _POLL_MAX_S)

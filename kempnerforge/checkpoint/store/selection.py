@@ -34,7 +34,7 @@ from kempnerforge.checkpoint.store.policy import read_policy
 from kempnerforge.checkpoint.store.verify import verify_checkpoint
 from kempnerforge.config.checkpoint import CheckpointConfig
 from kempnerforge.config.loader import load_config, recorded_config_from_dict
-from kempnerforge.errors import CheckpointRootError, ConfigError
+from kempnerforge.errors import CheckpointRootError, ConfigError, Remedy
 
 if TYPE_CHECKING:
     from kempnerforge.checkpoint.store.catalog import Catalog
@@ -129,7 +129,7 @@ def _parsed(table: dict[str, Any], path: Path) -> RecordedConfig:
     try:
         config, ignored = recorded_config_from_dict(table, source=str(path))
     except ConfigError as exc:
-        raise ConfigError(f"{exc}; pass the run's job file with --config") from exc
+        raise ConfigError(str(exc), remedy=Remedy.config_file) from exc
     return RecordedConfig(config=config, path=path, ignored_keys=ignored)
 
 
@@ -337,8 +337,7 @@ def resolve_checkpoint(src: str | Path, step: int | None = None) -> Path:
         named = own_step if own_step is not None else guess_step(path.name)
         if step is not None and named is not None and step != named:
             raise CheckpointNotFoundError(
-                f"{path} is the checkpoint of step {named}, not {step}; "
-                "drop --step or pass the root"
+                f"{path} is the checkpoint of step {named}, not {step}", remedy=Remedy.drop_step
             )
         target = path
     else:

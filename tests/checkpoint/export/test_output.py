@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from kempnerforge.checkpoint.export.exporter import export_safetensors
-from kempnerforge.errors import OutputExistsError
+from kempnerforge.errors import OutputExistsError, Remedy
 from tests.checkpoint.export._ckpt import cast, same_bits
 
 Weights = dict[str, torch.Tensor]
@@ -71,8 +71,9 @@ def test_existing_output_is_refused_without_force(
     _, root = weights_and_root
     single = tmp_path / "w.safetensors"
     single.write_bytes(b"precious")
-    with pytest.raises(OutputExistsError, match="--force"):
+    with pytest.raises(OutputExistsError, match="output exists") as refused:
         export_safetensors(root, single)
+    assert refused.value.remedy is Remedy.force
     assert single.read_bytes() == b"precious"
 
     out = tmp_path / "hf"

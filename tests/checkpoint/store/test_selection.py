@@ -15,7 +15,7 @@ from kempnerforge.checkpoint.store.selection import (
     recorded_config_of,
     select_config,
 )
-from kempnerforge.errors import ConfigError
+from kempnerforge.errors import ConfigError, Remedy
 from tests.checkpoint._trees import make_checkpoint
 
 OLD = {"keep_last_n": 1, "interval": 10}
@@ -120,10 +120,11 @@ def test_an_invalid_recorded_config_is_the_same_error_either_way(tmp_path: Path)
         with pytest.raises(ConfigError) as caught:
             select_config(root, catalog=catalog)
         messages.append(str(caught.value))
+        assert caught.value.remedy is Remedy.config_file
     assert messages[0] == messages[1]
     assert str(root / "step_200" / METADATA_JSON) in messages[0]
     assert "checkpoint.keep_last_n" in messages[0]
-    assert messages[0].endswith("pass the run's job file with --config")
+    assert "--" not in messages[0]  # library messages name no CLI flag (the CLI adds it)
 
 
 def test_a_missing_root_has_no_recorded_config(tmp_path: Path) -> None:
