@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from kempnerforge.checkpoint.export._dcp_meta import GroupSummary, SelectionRule, plan_model_part
+from kempnerforge.checkpoint.export._model_part import GroupSummary, SelectionRule, plan_model_part
 from kempnerforge.checkpoint.store.selection import leased_checkpoint
 
 __all__ = [

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 from kempnerforge.checkpoint.export import _output as output
-from kempnerforge.checkpoint.export._dcp_meta import (
+from kempnerforge.checkpoint.export._dcp_meta import load_tensors
+from kempnerforge.checkpoint.export._model_part import (
     ModelPart,
     SelectionRule,
     TensorEntry,
-    load_tensors,
     plan_model_part,
 )
 from kempnerforge.checkpoint.export._plan import (
@@ -114,7 +114,7 @@ def export_safetensors(
             cast to the output dtype, before publishing them.
         progress: called with ``(done_bytes, total_bytes)`` as tensors are written.
         include: glob patterns on dotted names that replace the model-part rule (for layouts it
-            does not know); see :func:`~kempnerforge.checkpoint.export._dcp_meta.plan_model_part`.
+            does not know); see :func:`~kempnerforge.checkpoint.export._model_part.plan_model_part`.
         exclude: glob patterns on dotted names of tensors to leave out.
 
     Raises:

@@ -34,11 +34,11 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from kempnerforge.checkpoint.export._dcp_meta import (
-    MODEL_KEY,
     SafeFileSystemReader,
     load_error,
     read_dcp_metadata,
 )
+from kempnerforge.checkpoint.export._model_part import MODEL_KEY
 from kempnerforge.errors import ConfigError
 
 __all__ = ["LOADABLE_KEYS", "Exclusions", "load_dcp_state", "plan_exclusions"]
