@@ -22,6 +22,7 @@ __all__ = [
     "MissingExtraError",
     "OutputExistsError",
     "RetentionError",
+    "SupersededError",
     "UnsafeOutputError",
     "VerifyError",
     "describe_os_error",
@@ -137,3 +138,11 @@ class MissingExtraError(KempnerForgeError, ImportError):
     """An optional dependency is not installed (the message gives the pip line). Exit code 2."""
 
     exit_code = EXIT_USAGE
+
+
+class SupersededError(CheckpointSaveError):
+    """Another job took over the checkpoint root: this one may no longer publish. Exit 1.
+
+    Raised by a save whose manager's owner token was superseded (a requeued job resumed on the
+    root while this one still ran); nothing was published and ``latest`` was not moved.
+    """

@@ -13,6 +13,12 @@ import click
 from kempnerforge.checkpoint.store.catalog import Catalog, CheckpointInfo
 from kempnerforge.checkpoint.store.retention import Decision, Reason, RetentionPlan, plan_retention
 from kempnerforge.checkpoint.store.selection import ConfigSelection, scan_root
+from kempnerforge.cli._inflight import (
+    lineage_document,
+    pending_document,
+    pending_footer,
+    pending_rows,
+)
 from kempnerforge.cli._options import config_options, gc_paused
 from kempnerforge.cli._render import (
     FORMAT_VERSION,
@@ -91,8 +97,11 @@ def ls(
 ) -> None:
     """List the checkpoints under DIR, oldest first: step, status (complete, corrupt,
     incomplete, in-flight), size, tokens seen, age, marks (latest, milestone, pinned), and what
-    gc would do with it and why; the note of each pin. The footer gives the count, the total
-    size and what gc would free.
+    gc would do with it and why; the note of each pin. Saves not yet published are listed after
+    them: in-flight (its writer is alive), abandoned (its writer is gone) or set-aside (an old
+    copy a re-save replaced). The footer gives the count, the total size and what gc would
+    free; --json adds the lineage (the job that owns the root, the checkpoint its run resumed
+    from).
 
     --metric adds a column per metric recorded with the save (save(..., metrics=...)); --sort
     and --filter pick the order and the rows, also of --json. Without a retention policy (no
@@ -247,6 +256,8 @@ def ls_table(
         "why",
         *(["note"] if notes else []),
     )
+    if not view.filters:  # saves not yet published, under their step
+        rows += pending_rows(catalog, plan, now_s=now_s, metrics=len(view.metrics), notes=notes)
     align = "rlrrl" + "r" * len(view.metrics) + "lll" + ("l" if notes else "")
     table = render_table(rows, headers, align)
     victims = plan.to_delete
@@ -257,7 +268,7 @@ def ls_table(
     )
     if not plan.has_policy:
         gc_text += " (no retention policy)"
-    count = plural(len(catalog.checkpoints), "checkpoint")
+    count = plural(len(catalog.checkpoints), "checkpoint") + pending_footer(catalog)
     footer = f"{count}, {human_bytes(catalog.total_size_bytes)}; {gc_text}"
     if view.filters:
         footer += f"; showing {len(shown)} ({' or '.join(view.filters)})"
@@ -292,6 +303,7 @@ def ls_document(
             "pinned": info.pin is not None,
             "pin": None if info.pin is None else info.pin.to_dict(),
             "metrics": info.metrics,
+            "run_id": info.run_id,
         }
         for info, decision, status, milestone in view.rows(_ls_rows(catalog, plan, selection))
     ]
@@ -302,6 +314,8 @@ def ls_document(
         "config": config_document(selection),
         "latest": catalog.latest.step,
         "checkpoints": checkpoints,
+        "in_flight": pending_document(catalog, plan),
+        "lineage": lineage_document(catalog),
         "skipped": skipped_document(catalog),
         "warnings": catalog_warnings(catalog),
         "count": len(catalog.checkpoints),

@@ -80,7 +80,8 @@ def train_step(
 ) -> float:
     """One step on a random batch drawn from the global RNG; returns the loss."""
     model.train()
-    x = torch.randn(batch, DIM)
+    head = getattr(model, "head", None)
+    x = torch.randn(batch, head.in_features if isinstance(head, nn.Linear) else DIM)
     loss = ((model(x) - x.flip(-1)) ** 2).mean()
     loss.backward()
     optimizer.step()

@@ -1,28 +1,25 @@
-"""Background checkpoint flushes, and the gloo groups that checkpoint collectives run on.
+"""Background checkpoint flushes: stage into host memory, then let DCP write from a thread.
 
-:class:`AsyncCheckpointer` keeps at most one flush in flight. ``save()`` stages the state dict
-into host memory before it returns (so training may change the model at once), then DCP writes the
-staged copy from a background thread. The staging buffers are kept and reused by the next save;
-with ``pinned=True`` they are page-locked for fast device-to-host copies (CUDA only).
-
-The flush runs collectives in its own thread, so it needs a process group of its own with a CPU
-backend (gloo): sharing a group with the training loop would interleave collectives from two
-threads in a different order on different ranks. :class:`CheckpointGroups` creates that group and
-a second one for the manager's own fences, whatever the backend of the training's groups.
+:class:`AsyncCheckpointer` keeps at most one flush in flight. :meth:`~AsyncCheckpointer.stage`
+copies the state dict into host memory (so training may change the model at once) and
+:meth:`~AsyncCheckpointer.start` hands the staged copy to DCP's background thread. The two are
+separate calls so that the manager can make every rank agree that staging succeeded everywhere
+before any rank starts a flush: a flush one rank started while another failed to stage would wait
+in DCP's collectives for a rank that never comes. The staging buffers are kept and reused by the
+next save; with ``pinned=True`` they are page-locked for fast device-to-host copies (CUDA only).
 
 Example:
     >>> checkpointer = AsyncCheckpointer(process_group=gloo_group)  # doctest: +SKIP
-    >>> checkpointer.save(state_dict, checkpoint_id=path, step=100)  # returns once staged
+    >>> staged = checkpointer.stage(state_dict)  # a host copy; training may go on
+    >>> checkpointer.start(staged, checkpoint_id=path, step=100)  # the flush runs
     >>> ...  # train on
     >>> checkpointer.wait()  # 100: the flush is durable (raises if it failed)
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import warnings
-from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,17 +29,12 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+from torch.distributed.checkpoint.staging import AsyncStager, DefaultStager, StagingOptions
 
 from kempnerforge.checkpoint.export._dcp_failure import describe_failure
-from kempnerforge.errors import CheckpointSaveError, KempnerForgeError
+from kempnerforge.errors import CheckpointSaveError
 
-__all__ = [
-    "AsyncCheckpointer",
-    "CheckpointGroups",
-    "PendingSave",
-    "dedicated_gloo_group",
-]
+__all__ = ["AsyncCheckpointer", "PendingSave"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +101,8 @@ class AsyncCheckpointer:
         """The flush in flight, if any."""
         return self._pending
 
-    def save(self, state_dict: dict[str, Any], *, checkpoint_id: Path, step: int) -> None:
-        """Stage ``state_dict`` to host memory and start writing it to ``checkpoint_id``.
+    def stage(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """A host-memory copy of ``state_dict`` (reusing the staging buffers).
 
         Raises:
             RuntimeError: a previous flush has not been awaited with :meth:`wait`; the staging
@@ -120,17 +112,33 @@ class AsyncCheckpointer:
             raise RuntimeError(
                 f"the flush of step {self._pending.step} is still pending; call wait() first"
             )
+        staged = self._stager.stage(state_dict)
+        if isinstance(staged, Future):  # only with asynchronous staging, which we do not ask for
+            staged = staged.result()
+        return staged
+
+    def start(self, staged: dict[str, Any], *, checkpoint_id: Path, step: int) -> PendingSave:
+        """Start writing a state dict returned by :meth:`stage` to ``checkpoint_id``."""
+        if self._pending is not None:
+            raise RuntimeError(
+                f"the flush of step {self._pending.step} is still pending; call wait() first"
+            )
         future = dcp.async_save(
-            state_dict,
+            staged,
             checkpoint_id=str(checkpoint_id),
             process_group=self._group,
-            async_stager=self._stager,
+            async_stager=_AlreadyStaged(),
         )
         # With a stager and no staging future requested, DCP returns a plain Future.
         if not isinstance(future, Future):
             raise TypeError(f"dcp.async_save returned {type(future).__name__}, not a Future")
         self._pending = PendingSave(step=step, path=Path(checkpoint_id), future=future)
         logger.debug("staged step %d; flushing to %s in the background", step, checkpoint_id)
+        return self._pending
+
+    def save(self, state_dict: dict[str, Any], *, checkpoint_id: Path, step: int) -> PendingSave:
+        """:meth:`stage`, then :meth:`start` (one process, or ranks that agree by other means)."""
+        return self.start(self.stage(state_dict), checkpoint_id=checkpoint_id, step=step)
 
     def wait(self) -> int | None:
         """Block until the pending flush is durable; its step, or None when nothing was pending.
@@ -158,100 +166,16 @@ class AsyncCheckpointer:
             self._stager.close()
 
 
-def dedicated_gloo_group(
-    group: dist.ProcessGroup | None, *, via: dist.ProcessGroup
-) -> dist.ProcessGroup:
-    """A new gloo group with the ranks of ``group`` (all ranks when None), for DCP alone.
+class _AlreadyStaged(AsyncStager):
+    """Hands DCP a state dict that :meth:`AsyncCheckpointer.stage` has already copied."""
 
-    ``new_group`` is collective over the whole world, so the ranks first exchange their groups'
-    members on ``via``; then every rank creates every distinct group, in the same order, and
-    keeps the one it belongs to. Works whatever the backend of ``group`` (NCCL included).
-    """
-    world = dist.get_world_size()
-    ranks = list(range(world)) if group is None else dist.get_process_group_ranks(group)
-    everyone: list[Any] = [None] * world
-    dist.all_gather_object(everyone, sorted(ranks), group=via)
-    mine: dist.ProcessGroup | None = None
-    for members in sorted({tuple(m) for m in everyone}):
-        created = dist.new_group(ranks=list(members), backend="gloo")
-        if dist.get_rank() in members:
-            mine = created
-    if mine is None:
-        raise RuntimeError(f"rank {dist.get_rank()} is not in its own process group {ranks}")
-    return mine
+    _synchronize_after_execute = False
 
+    def stage(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        return state_dict
 
-class CheckpointGroups:
-    """The ranks of a checkpoint and the collectives the manager runs among them.
+    def synchronize_staging(self) -> None:
+        return None
 
-    Two dedicated gloo groups: ``fence`` (all ranks; the manager's fences, gathers, broadcasts,
-    on the caller's thread) and ``dcp`` (the ranks of ``process_group``; DCP's own collectives,
-    possibly from the flush thread). Without torch.distributed every collective is a local no-op.
-    Must be created on every rank, in the same order, like any ``new_group``.
-    """
-
-    def __init__(self, process_group: dist.ProcessGroup | None = None) -> None:
-        self.distributed = dist.is_available() and dist.is_initialized()
-        self.rank = dist.get_rank() if self.distributed else 0
-        self.world_size = dist.get_world_size() if self.distributed else 1
-        self.fence_group: dist.ProcessGroup | None = None
-        self.dcp_group: dist.ProcessGroup | None = None
-        if self.distributed:
-            self.fence_group = dist.new_group(backend="gloo")
-            self.dcp_group = dedicated_gloo_group(process_group, via=self.fence_group)
-
-    def fence(self, error: BaseException | None, what: str) -> None:
-        """Every rank learns whether any rank failed, and all raise together (none hangs).
-
-        Raises:
-            KempnerForgeError: this rank's own ``error`` of that kind, re-raised as is.
-            TypeError: likewise (state that a safe load would reject).
-            CheckpointSaveError: any other failure, here or on another rank.
-        """
-        failed = error is not None
-        if self.fence_group is not None:
-            flag = torch.tensor([int(failed)])
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.fence_group)
-            failed = bool(flag.item())
-        if isinstance(error, KempnerForgeError | TypeError):
-            raise error
-        if error is not None:
-            raise CheckpointSaveError(
-                f"{what} failed ({describe_failure(error)}); 'latest' not moved"
-            ) from error
-        if failed:
-            raise CheckpointSaveError(
-                f"{what} failed on another rank (see its log); 'latest' not moved"
-            )
-
-    @contextlib.contextmanager
-    def quiet_single_process(self) -> Iterator[None]:
-        """Silence DCP's "assuming a single process" warning when that is indeed the intent."""
-        with warnings.catch_warnings():
-            if not self.distributed:
-                warnings.filterwarnings("ignore", message="torch.distributed is .*uninitialized")
-            yield
-
-    def all_max(self, value: int) -> int:
-        """The largest ``value`` over all ranks."""
-        if self.fence_group is None:
-            return value
-        tensor = torch.tensor([value])
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=self.fence_group)
-        return int(tensor.item())
-
-    def gather(self, obj: Any) -> list[Any]:
-        """Every rank's ``obj``, in rank order, on rank 0 (an empty list elsewhere)."""
-        if self.fence_group is None:
-            return [obj]
-        out: list[Any] | None = [None] * self.world_size if self.rank == 0 else None
-        dist.gather_object(obj, out, dst=0, group=self.fence_group)
-        return out or []
-
-    def broadcast(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank."""
-        if self.fence_group is None:
-            return obj
-        box: list[Any] = [obj]
-        dist.broadcast_object_list(box, src=0, group=self.fence_group)
-        return box[0]
+    def close(self) -> None:
+        return None

@@ -18,7 +18,10 @@ size stays unknown (:attr:`CheckpointInfo.size_known` is False, ``size_bytes`` 0
 scan (``kf-ckpt ls`` or ``gc``) records it in the cache.
 
 The light scan neither writes the scan cache nor lists the root's other entries: the catalog it
-returns has no skipped entries and no trash count. Nothing is followed through a symlink.
+returns has no skipped entries and no trash count. It does list the saves not yet published
+(their lease, marker and own mtime, never their shards), the owner record and, when something
+is incomplete or pending, the file system's clock: what retention needs for them. Nothing is
+followed through a symlink.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kempnerforge.checkpoint.store._pending import scan_pending
 from kempnerforge.checkpoint.store._scan_cache import ScanCache
 from kempnerforge.checkpoint.store._walk import StepWalk, checkpoint_fields, walk_step_dir
 from kempnerforge.checkpoint.store.catalog import (
@@ -41,10 +45,13 @@ from kempnerforge.checkpoint.store.files import read_latest
 from kempnerforge.checkpoint.store.layout import (
     DCP_METADATA,
     assess_complete,
+    parse_pending,
     parse_step,
     pp_stages_of,
     read_metadata_json,
 )
+from kempnerforge.checkpoint.store.lease import file_system_now
+from kempnerforge.checkpoint.store.owner import read_owner
 from kempnerforge.errors import CheckpointRootError
 
 __all__ = ["probe_complete", "scan_light"]
@@ -72,7 +79,15 @@ def scan_light(root: str | Path, *, use_cache: bool = True) -> Catalog:
     try:
         root_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         with os.scandir(root_fd) as it:
-            entries = [e for e in it if parse_step(e.name) is not None]
+            listed = list(it)
+        entries = [e for e in listed if parse_step(e.name) is not None]
+        pending_names = [
+            e.name
+            for e in listed
+            if e.name.startswith(".kf-")
+            and parse_pending(e.name)
+            and e.is_dir(follow_symlinks=False)
+        ]
     except OSError as exc:
         raise CheckpointRootError(f"cannot read checkpoint root {path}: {exc.strerror}") from exc
     try:
@@ -87,6 +102,11 @@ def scan_light(root: str | Path, *, use_cache: bool = True) -> Catalog:
             fields["step"], fields["path"] = step, path / entry.name
             fields["is_latest"] = step == latest.step
             checkpoints.append(_checkpoint_info(fields))
+        clock_s = None
+        if pending_names or any(not c.complete for c in checkpoints):
+            clock_s = file_system_now(path)
+        now_s = scanned_at_s if clock_s is None else clock_s
+        pending = scan_pending(path, root_fd, pending_names, now_s, walk=False)
     finally:
         os.close(root_fd)
     checkpoints.sort(key=lambda c: c.step)
@@ -97,6 +117,9 @@ def scan_light(root: str | Path, *, use_cache: bool = True) -> Catalog:
         latest=latest,
         warnings=(latest.warning,) if latest.warning else (),
         scanned_at_s=scanned_at_s,
+        pending=tuple(pending),
+        owner=read_owner(path),
+        clock_s=clock_s,
         cache_hits=cache.hits,
     )
 

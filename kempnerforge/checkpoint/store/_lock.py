@@ -28,8 +28,12 @@ _POLL_MAX_S = 0.2
 
 
 @contextlib.contextmanager
-def hold_lock(root: Path, *, wait_lock_s: float = 0.0) -> Iterator[None]:
+def hold_lock(root: Path, *, wait_lock_s: float = 0.0, name: str = LOCK_NAME) -> Iterator[None]:
     """Hold the exclusive lock of ``root`` for the duration of the ``with`` block.
+
+    ``name`` picks the lock: the root's lock (gc, retention, replacing a checkpoint) by default,
+    or :data:`~kempnerforge.checkpoint.store.layout.PUBLISH_LOCK_NAME`, which serialises
+    publishing and taking ownership (taken first when both are needed, never the other way).
 
     ``flock(LOCK_EX | LOCK_NB)`` is polled until ``wait_lock_s`` seconds have passed (0: try
     once; ``math.inf``: wait for as long as it takes). The lock is per open file, so a second
@@ -43,7 +47,7 @@ def hold_lock(root: Path, *, wait_lock_s: float = 0.0) -> Iterator[None]:
         LockBusyError: another process still holds the lock after ``wait_lock_s`` seconds.
         RetentionError: the lock file cannot be opened (read-only root, a symlink planted there).
     """
-    path = root / LOCK_NAME
+    path = root / name
     flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(path, flags, 0o644)

@@ -53,7 +53,7 @@ RACY_WINDOW_S = 2.0
 """A checkpoint written this recently (newest mtime) is walked again next time, not cached."""
 MAX_CACHE_BYTES = 256 * 2**20
 """A cache file larger than this is ignored (an entry is well under 1 kB)."""
-_FORMAT, _VERSION = "kf-ckpt-scan-cache", 3
+_FORMAT, _VERSION = "kf-ckpt-scan-cache", 4
 _STALE_TEMP_S = 600.0  # a temp file older than this was left by a killed writer
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -72,9 +72,9 @@ _Entry = list[Any]
 of its subdirectories ``{relative path: stamp}``, metadata.json's stamp (or null), then the
 ``CheckpointInfo`` fields ``tokens_seen``, ``dynamic_milestone``, the index of its
 ``recorded_config`` in the file's ``configs`` table (or null), ``size_bytes``, ``file_count``,
-``mtime_s``, ``warnings``, ``metrics``, ``pin`` (its fields as an object, or null) and
-``verified`` (the full check of :mod:`kempnerforge.checkpoint.store.verify` passed). Only
-complete checkpoints are cached, so ``complete`` is implied."""
+``mtime_s``, ``warnings``, ``metrics``, ``pin`` (its fields as an object, or null),
+``verified`` (the full check of :mod:`kempnerforge.checkpoint.store.verify` passed) and
+``run_id``. Only complete checkpoints are cached, so ``complete`` is implied."""
 
 
 class ScanCache:
@@ -144,6 +144,7 @@ class ScanCache:
             fields["metrics"],
             None if fields["pin"] is None else fields["pin"].to_dict(),
             fields["verified"],
+            fields.get("run_id"),
         ]
         self._fresh[name] = (entry, fields["recorded_config"])
         self._changed = True
@@ -277,7 +278,22 @@ def _safe_rel(rel: Any) -> bool:
 
 def _fields(entry: Any, configs: list[Any]) -> dict[str, Any]:
     """The ``CheckpointInfo`` fields of a well-formed entry; ValueError when it is not."""
-    _, _, _, tokens, milestone, ref, size, files, mtime, warnings, metrics, pin, verified = entry
+    (
+        _,
+        _,
+        _,
+        tokens,
+        milestone,
+        ref,
+        size,
+        files,
+        mtime,
+        warnings,
+        metrics,
+        pin,
+        verified,
+        run_id,
+    ) = entry
     if ref is None:
         config = None
     elif type(ref) is int and 0 <= ref < len(configs) and type(configs[ref]) is dict:
@@ -296,6 +312,7 @@ def _fields(entry: Any, configs: list[Any]) -> dict[str, Any]:
         and all(v is None or type(v) in (int, float) for v in metrics.values())
         and (pin is None or (type(pin) is dict and all(type(k) is str for k in pin)))
         and type(verified) is bool
+        and (run_id is None or type(run_id) is str)
     )
     if not ok:
         raise ValueError("malformed cache entry")
@@ -315,6 +332,7 @@ def _fields(entry: Any, configs: list[Any]) -> dict[str, Any]:
         "size_known": True,
         "corrupt": False,
         "verified": verified,
+        "run_id": run_id,
     }
 
 

@@ -243,6 +243,7 @@ def checkpoint_fields(
         "size_known": True,
         "corrupt": corrupt,
         "verified": False,
+        "run_id": _recorded_str(data, "run_id"),
     }
 
 
@@ -259,6 +260,11 @@ def _recorded_int(data: dict[str, Any], key: str, warnings: list[str]) -> int | 
         return value
     warnings.append(f"metadata.json {key} is not an integer: {value!r}; ignored")
     return None
+
+
+def _recorded_str(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    return value if isinstance(value, str) else None
 
 
 def _recorded_flag(data: dict[str, Any], warnings: list[str]) -> bool:

@@ -21,25 +21,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kempnerforge.checkpoint.store._pending import PendingDir, scan_pending
 from kempnerforge.checkpoint.store._scan_cache import ScanCache, is_cache_entry
 from kempnerforge.checkpoint.store.files import LatestLink, parse_temp_name, read_latest
 from kempnerforge.checkpoint.store.layout import (
     CACHE_NAME,
     LATEST_NAME,
     LOCK_NAME,
+    OWNER_NAME,
     POLICY_NAME,
+    PUBLISH_LOCK_NAME,
     READERS_NAME,
     TRASH_NAME,
     holds_dcp_checkpoint,
     is_checkpoint_dir,
+    parse_pending,
     parse_step,
 )
+from kempnerforge.checkpoint.store.lease import file_system_now
+from kempnerforge.checkpoint.store.owner import Owner, read_owner
 from kempnerforge.errors import CheckpointRootError
 
 if TYPE_CHECKING:
     from kempnerforge.checkpoint.store.pins import Pin
 
-__all__ = ["Catalog", "CheckpointInfo", "SkippedEntry", "check_root", "scan"]
+__all__ = ["Catalog", "CheckpointInfo", "PendingDir", "SkippedEntry", "check_root", "scan"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +95,9 @@ class CheckpointInfo:
         """The checkpoint is pinned: retention keeps it."""
         return self.pin is not None
 
+    run_id: str | None = None
+    """The ``run_id`` recorded in its metadata.json: the manager (owner token) that wrote it."""
+
     @property
     def name(self) -> str:
         """The directory name, ``step_<N>``."""
@@ -125,6 +134,15 @@ class Catalog:
     """When the scan started (``time.time()``); None for a catalog not read from disk.
 
     Retention measures how long ago an incomplete checkpoint was last written against it."""
+    pending: tuple[PendingDir, ...] = ()
+    """Saves in flight and old copies set aside by a swap (``.kf-inflight.*``, ``.kf-replaced.*``),
+    sorted by step."""
+    owner: Owner | None = None
+    """The job that owns the root (``.kf-owner``): its token and where its run resumed from."""
+    clock_s: float | None = None
+    """The file system's clock at the scan (:func:`~kempnerforge.checkpoint.store.lease.
+    file_system_now`), read only when something is incomplete or pending; None otherwise or
+    when the root cannot be written. Retention measures ages against it, skew-free."""
     cache_hits: int = field(default=0, compare=False)
     """Checkpoints taken from the scan cache instead of being walked (diagnostics only)."""
     _by_step: dict[int, CheckpointInfo] = field(init=False, repr=False, compare=False)
@@ -215,6 +233,7 @@ def scan(
     checkpoints: list[CheckpointInfo] = []
     skipped: list[SkippedEntry] = []
     trash_entries = 0
+    pending_names: list[str] = []
     try:
         root_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         with os.scandir(root_fd) as it:
@@ -244,6 +263,13 @@ def scan(
                     _verify_fields(fields, name, cache)
                 checkpoints.append(_checkpoint_info(fields))
                 continue
+            if (
+                name.startswith(".kf-")
+                and parse_pending(name)
+                and entry.is_dir(follow_symlinks=False)
+            ):
+                pending_names.append(name)
+                continue
             if is_cache_entry(entry.name):
                 if entry.name != CACHE_NAME:
                     cache.note_temp(entry.name)
@@ -252,6 +278,11 @@ def scan(
                 trash_entries = _count_entries(path / TRASH_NAME)
             skipped.append(_skipped(entry, path, step, latest, trash_entries))
         cache.save()
+        clock_s = None
+        if pending_names or any(not c.complete for c in checkpoints):
+            clock_s = file_system_now(path)
+        now_s = scanned_at_s if clock_s is None else clock_s
+        pending = scan_pending(path, root_fd, pending_names, now_s)
     finally:
         os.close(root_fd)
     warnings = [latest.warning] if latest.warning else []
@@ -267,6 +298,9 @@ def scan(
         warnings=tuple(warnings),
         trash_entries=trash_entries,
         scanned_at_s=scanned_at_s,
+        pending=tuple(pending),
+        owner=read_owner(path),
+        clock_s=clock_s,
         cache_hits=cache.hits,
     )
 
@@ -294,6 +328,10 @@ def _skipped(
         reason = "the retention policy recorded by kf-ckpt mark"
     elif name == READERS_NAME:
         reason = "the read-lease file of export and show"
+    elif name == PUBLISH_LOCK_NAME:
+        reason = "the publish lock file"
+    elif name == OWNER_NAME:
+        reason = "the record of the job that owns this root"
     elif name == TRASH_NAME:
         real = entry.is_dir(follow_symlinks=False)
         reason = (

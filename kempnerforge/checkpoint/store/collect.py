@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kempnerforge.checkpoint.store._lock import ReaderGuard, hold_lock
+from kempnerforge.checkpoint.store._pending import pending_refusal, victim_name
 from kempnerforge.checkpoint.store._trash import (
     clear_trash,
     describe_error,
@@ -45,6 +46,7 @@ from kempnerforge.checkpoint.store.catalog import Catalog, check_root, scan
 from kempnerforge.checkpoint.store.files import read_latest, unique_suffix
 from kempnerforge.checkpoint.store.layout import PIN_NAME, TRASH_NAME, step_dir_name
 from kempnerforge.checkpoint.store.retention import Decision, Reason, RetentionPlan, plan_retention
+from kempnerforge.checkpoint.store.swap import recover_swaps
 from kempnerforge.config.checkpoint import CheckpointConfig
 from kempnerforge.errors import RetentionError
 
@@ -140,6 +142,7 @@ def collect_garbage(
         catalog, plan = _verified_plan(path, config)
         return GcResult(catalog=catalog, plan=plan, applied=None)
     with hold_lock(path, wait_lock_s=wait_lock_s):
+        recover_swaps(path)  # a swap a kill interrupted: the old copy goes back first
         catalog, plan = _verified_plan(path, config)
         applied = apply_locked(plan)
     return GcResult(catalog=catalog, plan=plan, applied=applied)
@@ -370,7 +373,7 @@ def _move_to_trash(
     readers = ReaderGuard(root)
     try:
         for decision in victims:
-            name = step_dir_name(decision.step)
+            name = victim_name(decision.path, decision.step)
             refusal = _recheck(root_fd, root, name, decision, readers)
             if refusal is _VANISHED:
                 progress.vanished.append(decision)
@@ -420,6 +423,8 @@ def _recheck(
         return f"{name} is now a symlink; symlinks are never followed or deleted"
     if not stat.S_ISDIR(st.st_mode):
         return f"{name} is no longer a directory"
+    if name != step_dir_name(decision.step):
+        return pending_refusal(root, name)
     if read_latest(root).step == decision.step:
         return f"{name} is now the target of latest"
     with contextlib.suppress(FileNotFoundError):

@@ -16,6 +16,11 @@ Writers (the manager) and readers (scan, retention, export, the CLI) all go thro
       .kf-trash/              victims are renamed here before they are removed
       .kf-ckpt.cache          scan cache: what complete checkpoints hold (they never change)
       .kf-ckpt.policy         the retention policy recorded by ``kf-ckpt mark`` (JSON)
+      .kf-publish.lock        lock held while a save is published or ownership changes
+      .kf-owner               the job that owns the root: only it publishes and moves latest
+      .kf-inflight.step_1600.<id>/   a save being written (with its writer lease, .kf-lease);
+                              renamed to step_1600 once complete
+      .kf-replaced.step_1500.<id>/   an old copy set aside while a re-save replaces it
 
 No torch import here: ``kf-ckpt ls`` and ``gc`` must start fast.
 """
@@ -29,6 +34,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -36,30 +42,38 @@ __all__ = [
     "CACHE_NAME",
     "DCP_METADATA",
     "LATEST_NAME",
+    "LEASE_NAME",
     "LOCK_NAME",
     "METADATA_JSON",
+    "OWNER_NAME",
     "PIN_NAME",
     "POLICY_NAME",
+    "PUBLISH_LOCK_NAME",
     "READERS_NAME",
     "TRAIN_STATE",
     "TRASH_NAME",
     "Completeness",
     "MetadataRead",
+    "PendingKind",
+    "PendingName",
     "assess_complete",
     "check_complete",
     "guess_step",
     "holds_dcp_checkpoint",
+    "inflight_dir_name",
     "is_checkpoint_dir",
     "is_checkpoint_root",
     "list_foreign_checkpoints",
     "list_step_dirs",
     "managed_path_reason",
+    "parse_pending",
     "parse_pp_stage",
     "parse_step",
     "pp_stage_dirs",
     "pp_stages_of",
     "read_metadata_json",
     "recorded_pp_stages",
+    "replaced_dir_name",
     "step_dir_name",
 ]
 
@@ -80,11 +94,18 @@ PIN_NAME = "pinned.json"
 POLICY_NAME = ".kf-ckpt.policy"
 """The retention policy of a root recorded by ``kf-ckpt mark`` (JSON; see
 :mod:`kempnerforge.checkpoint.store.policy`)."""
+PUBLISH_LOCK_NAME = ".kf-publish.lock"
+"""Serialises publishing a save and taking ownership of the root (see :mod:`.publish`)."""
+OWNER_NAME = ".kf-owner"
+"""The owner record of a root (JSON): the token of the one job allowed to publish there."""
+LEASE_NAME = ".kf-lease"
+"""The writer lease inside an in-flight save directory (JSON; its mtime is the heartbeat)."""
 
 _STEP_RE = re.compile(r"step_(\d+)")
 # Step-like names other tools write (torchtitan: ``step-1000``); read, never managed.
 _FOREIGN_STEP_RE = re.compile(r"step[-_](\d+)")
 _PP_RE = re.compile(r"pp(\d+)")
+_PENDING_RE = re.compile(r"\.kf-(inflight|replaced)\.step_(\d+)\.([0-9a-f]{8,32})")
 _METADATA_MAX_BYTES = 16 * 2**20  # a metadata.json is a few kB; refuse to slurp a huge file
 _READ_CHUNK = 2**16
 _METADATA_MAX_DEPTH = 32  # ours nests 3 levels; deeper is hostile (and would recurse later)
@@ -137,10 +158,52 @@ def list_foreign_checkpoints(root: Path) -> list[Path]:
         for entry in it:
             if parse_step(entry.name) is not None or not entry.is_dir(follow_symlinks=False):
                 continue
+            if parse_pending(entry.name) is not None:
+                continue  # a save of ours not yet published (or set aside), not another tool's
             path = Path(entry.path)
             if holds_dcp_checkpoint(path):
                 found.append((guess_step(entry.name) or -1, entry.name, path))
     return [path for _, _, path in sorted(found)]
+
+
+class PendingKind(StrEnum):
+    """What a pending (not yet, or no longer, ``step_<N>``) directory of a root holds."""
+
+    save = "save"
+    """``.kf-inflight.step_<N>.<id>``: a save being written, renamed to ``step_<N>`` when done."""
+    replaced = "replaced"
+    """``.kf-replaced.step_<N>.<id>``: the old ``step_<N>``, set aside while a re-save swaps in."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PendingName:
+    """The parts of a pending directory's name."""
+
+    kind: PendingKind
+    step: int
+    save_id: str
+
+
+def inflight_dir_name(step: int, save_id: str) -> str:
+    """``.kf-inflight.step_<N>.<save_id>``: where a save of ``step`` is written until complete."""
+    return f".kf-inflight.{step_dir_name(step)}.{save_id}"
+
+
+def replaced_dir_name(step: int, save_id: str) -> str:
+    """``.kf-replaced.step_<N>.<save_id>``: an old ``step_<N>`` set aside during a swap."""
+    return f".kf-replaced.{step_dir_name(step)}.{save_id}"
+
+
+def parse_pending(name: str) -> PendingName | None:
+    """The parts of an in-flight or set-aside directory name, or None for any other name."""
+    match = _PENDING_RE.fullmatch(name)
+    if match is None:
+        return None
+    step = int(match.group(2))
+    if step_dir_name(step) != f"step_{match.group(2)}":
+        return None
+    kind = PendingKind.save if match.group(1) == "inflight" else PendingKind.replaced
+    return PendingName(kind=kind, step=step, save_id=match.group(3))
 
 
 def parse_pp_stage(name: str) -> int | None:

@@ -39,12 +39,15 @@ checkpoint older than the newest ``keep_last_n``).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from kempnerforge.checkpoint.store.catalog import Catalog, CheckpointInfo
+from kempnerforge.checkpoint.store.catalog import Catalog, CheckpointInfo, PendingDir
+from kempnerforge.checkpoint.store.layout import PendingKind
+from kempnerforge.checkpoint.store.lineage import AgeClock, off_lineage
 from kempnerforge.config.checkpoint import CheckpointConfig
 
 __all__ = [
@@ -119,6 +122,9 @@ class RetentionPlan:
     decisions: tuple[Decision, ...]
     has_policy: bool = True
     """False for a plan made without a retention policy: it keeps everything."""
+    pending: tuple[Decision, ...] = ()
+    """Verdicts on the saves in flight and old copies set aside (``.kf-inflight.*``,
+    ``.kf-replaced.*``); their ``path`` names the directory, their ``step`` the step it is for."""
 
     @property
     def to_keep(self) -> tuple[Decision, ...]:
@@ -127,13 +133,13 @@ class RetentionPlan:
 
     @property
     def to_delete(self) -> tuple[Decision, ...]:
-        """The decisions that delete a checkpoint."""
-        return tuple(d for d in self.decisions if d.action is Action.delete)
+        """The decisions that delete a checkpoint or a pending directory, checkpoints first."""
+        return tuple(d for d in self.decisions + self.pending if d.action is Action.delete)
 
     @property
     def bytes_freed(self) -> int:
         """Bytes the deletions free (apparent sizes, as scanned)."""
-        return sum(d.size_bytes for d in self.decisions if d.action is Action.delete)
+        return sum(d.size_bytes for d in self.to_delete)
 
     def decision_for(self, step: int) -> Decision | None:
         """The decision about ``step``, if the plan has one."""
@@ -169,17 +175,25 @@ def plan_retention(
          (300, 'keep', 'latest')]
     """
     checkpoints = sorted(catalog.checkpoints, key=lambda c: c.step)
+    owner = catalog.owner
+    clock = AgeClock(now_s=catalog.clock_s or catalog.scanned_at_s, skew_free=bool(catalog.clock_s))
+    present = {c.step for c in checkpoints}
+    pending = tuple(_decide_pending(p, present, clock, in_flight_grace_s) for p in catalog.pending)
     if config is None:
-        return _keep_everything(catalog.root, checkpoints)
+        return _keep_everything(catalog.root, checkpoints, pending)
     keep_last_n = config.keep_last_n
-    newest = next((c.step for c in reversed(checkpoints) if c.complete), None)
+    off = {c.step for c in checkpoints if off_lineage(c.step, c.run_id, owner)}
+    complete = [c.step for c in checkpoints if c.complete]
+    newest = max((s for s in complete if s not in off), default=max(complete, default=None))
     milestones = {c.step: _milestone_source(c, config) for c in checkpoints}
-    window = [
-        c.step
-        for c in reversed(checkpoints)
-        if c.complete and not milestones[c.step] and c.pin is None
-    ][: max(keep_last_n, 0)]
-    rank = {step: i for i, step in enumerate(window, start=1)}
+    # The newest keep_last_n, counting the current lineage first: after a rollback, the branch
+    # it left is kept only in the slots the run's own lineage does not fill.
+    candidates = sorted(
+        (c.step for c in checkpoints if c.complete and not milestones[c.step] and c.pin is None),
+        key=lambda step: (step not in off, step),
+        reverse=True,
+    )
+    rank = {step: i for i, step in enumerate(candidates[: max(keep_last_n, 0)], start=1)}
     decisions = []
     for c in checkpoints:
         action, reason, detail = _decide(
@@ -188,8 +202,8 @@ def plan_retention(
             newest,
             rank,
             keep_last_n,
-            _idle_s(c, catalog.scanned_at_s),
-            in_flight_grace_s,
+            clock.idle_s(c),
+            clock.recent(clock.idle_s(c), in_flight_grace_s),
         )
         decisions.append(
             _decision(
@@ -202,11 +216,47 @@ def plan_retention(
                 complete=c.complete,
             )
         )
-    return RetentionPlan(root=catalog.root, keep_last_n=keep_last_n, decisions=tuple(decisions))
+    return RetentionPlan(
+        root=catalog.root, keep_last_n=keep_last_n, decisions=tuple(decisions), pending=pending
+    )
 
 
-def _keep_everything(root: Path, checkpoints: list[CheckpointInfo]) -> RetentionPlan:
-    """The plan without a retention policy: restic's rule, no known policy means no deletion."""
+def _decide_pending(p: PendingDir, present: set[int], clock: AgeClock, grace_s: float) -> Decision:
+    keep, delete = Action.keep, Action.delete
+    state = "complete but never published" if p.complete else "incomplete"
+    if p.kind is PendingKind.replaced:
+        if p.step in present:
+            verdict = (delete, Reason.abandoned_incomplete, f"{p.detail}; step {p.step} is newer")
+        else:
+            verdict = (keep, Reason.in_flight, f"{p.detail}; the next gc or run puts it back")
+    elif p.lease_live:
+        verdict = (keep, Reason.in_flight, f"save of step {p.step} in flight: {p.detail}")
+    elif p.lease_live is False:
+        verdict = (delete, Reason.abandoned_incomplete, f"{state}; writer gone: {p.detail}")
+    else:
+        idle_s = clock.age_s(p.mtime_s)
+        when = "written at an unknown time" if idle_s is None else _ago(idle_s)
+        if idle_s is None or clock.recent(idle_s, grace_s):
+            verdict = (keep, Reason.in_flight, f"{p.detail}, {when}; a save may still write it")
+        else:
+            verdict = (delete, Reason.abandoned_incomplete, f"{state}; {p.detail}, {when}")
+    action, reason, detail = verdict
+    return Decision(
+        step=p.step,
+        path=p.path,
+        action=action,
+        reason=reason,
+        size_bytes=p.size_bytes,
+        detail=detail,
+        complete=p.complete,
+    )
+
+
+def _keep_everything(
+    root: Path, checkpoints: list[CheckpointInfo], pending: tuple[Decision, ...]
+) -> RetentionPlan:
+    """The plan without a retention policy: restic's rule, no known policy means no deletion
+    (an abandoned save not yet published is kept too: it is shown, not removed)."""
     decisions = tuple(
         _decision(
             step=c.step,
@@ -219,7 +269,15 @@ def _keep_everything(root: Path, checkpoints: list[CheckpointInfo]) -> Retention
         )
         for c in checkpoints
     )
-    return RetentionPlan(root=root, keep_last_n=0, decisions=decisions, has_policy=False)
+    kept = tuple(
+        d
+        if d.action is Action.keep
+        else dataclasses.replace(d, action=Action.keep, reason=Reason.no_policy)
+        for d in pending
+    )
+    return RetentionPlan(
+        root=root, keep_last_n=0, decisions=decisions, has_policy=False, pending=kept
+    )
 
 
 def _decision(**fields: Any) -> Decision:
@@ -245,11 +303,6 @@ def _milestone_source(c: CheckpointInfo, config: CheckpointConfig) -> str:
     return ""
 
 
-def _idle_s(c: CheckpointInfo, scanned_at_s: float | None) -> float | None:
-    """Seconds from the newest write into incomplete ``c`` to the scan; None when unknown."""
-    return None if c.complete or scanned_at_s is None else scanned_at_s - c.mtime_s
-
-
 def _ago(idle_s: float) -> str:
     """``written 2 min ago``; a write after the scan started (or a skewed clock) is ``0 s``."""
     if idle_s != idle_s:  # NaN: a corrupt mtime
@@ -268,7 +321,7 @@ def _decide(
     rank: dict[int, int],
     keep_last_n: int,
     idle_s: float | None,
-    grace_s: float,
+    recent: bool,
 ) -> tuple[Action, Reason, str]:
     keep, delete = Action.keep, Action.delete
     state = "complete" if c.complete else f"{_state(c)} ({c.incomplete_reason})"
@@ -289,7 +342,7 @@ def _decide(
     if not c.complete and (newest is None or c.step > newest):
         after = "no complete checkpoint yet" if newest is None else f"newer than step {newest}"
         return keep, Reason.in_flight, f"{state}, {after}: a save may be writing it"
-    if idle_s is not None and not idle_s > grace_s:  # NaN counts as recent: never judged stale
+    if idle_s is not None and recent:
         return keep, Reason.in_flight, f"{state}, {_ago(idle_s)}; a save may still be writing it"
     if c.scan_error is not None:
         return keep, Reason.unreadable, f"{c.scan_error}; kept until it can be judged"

@@ -111,6 +111,8 @@ def test_save_writes_the_on_disk_contract(tmp_path: Path) -> None:
         "format_version",
         "saved_at",
         "metrics",
+        "run_id",  # lineage: the manager that wrote it, and where its run resumed from
+        "resumed_from",
     }
     assert (meta[2]["step"], meta[2]["tokens_seen"], meta[2]["world_size"]) == (2, 8, 1)
     assert meta[2]["dynamic_milestone"] is True  # 0 + 2^1

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from kempnerforge.checkpoint.manager._files import prepare_step_dir, publish, write_metadata
+from kempnerforge.checkpoint.manager._files import write_metadata
 from kempnerforge.checkpoint.store.catalog import scan
 from kempnerforge.checkpoint.store.collect import (
     ApplyResult,
@@ -27,11 +27,12 @@ from kempnerforge.checkpoint.store.collect import (
 )
 from kempnerforge.checkpoint.store.files import read_latest, update_latest
 from kempnerforge.checkpoint.store.layout import LOCK_NAME, TRASH_NAME
+from kempnerforge.checkpoint.store.owner import claim_root
+from kempnerforge.checkpoint.store.publish import begin_save, publish_save
 from kempnerforge.checkpoint.store.retention import Reason, plan_retention
 from kempnerforge.config.checkpoint import CheckpointConfig
 from kempnerforge.errors import (
     CheckpointRootError,
-    CheckpointSaveError,
     LockBusyError,
     RetentionError,
 )
@@ -83,13 +84,14 @@ def test_collect_garbage_deletes_exactly_the_victims(tmp_path: Path) -> None:
 def test_rollback_keeps_the_save_in_progress_below_the_newest_complete(tmp_path: Path) -> None:
     # A run saved up to step_1000, then was resumed from step_500 (checkpoint.load_path): it is
     # now writing step_600 while step_700 .. step_1000 of the old timeline are complete and
-    # latest still names step_1000. A cron gc runs meanwhile, several times.
+    # latest still names step_1000. A cron gc runs meanwhile, several times. The writer works
+    # in place, as upstream KempnerForge does (our manager writes an in-flight directory).
     make_root(tmp_path, range(100, 1100, 100), latest=1000, mtime_s=OLD_S)
     shutil.rmtree(tmp_path / "step_600")  # the rolled-back run writes its own step_600
     make_checkpoint(tmp_path, 550, complete=False, mtime_s=OLD_S)  # killed long ago: abandoned
     config = CheckpointConfig(keep_last_n=2)
     step_dir = tmp_path / "step_600"
-    prepare_step_dir(tmp_path, step_dir)
+    step_dir.mkdir()
     write_metadata(step_dir, step=600, tokens_seen=6, config=config, world_size=1, pp_stages=None)
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -119,7 +121,7 @@ def test_rollback_keeps_the_save_in_progress_below_the_newest_complete(tmp_path:
     assert [d.step for d in results[0].applied.deleted] == [100, 200, 300, 400, 500, 550, 700, 800]  # type: ignore[union-attr]
     assert _steps(tmp_path) == [600, 900, 1000]
     (step_dir / ".metadata").write_bytes(dcp_manifest({}))  # the save finishes
-    publish(tmp_path, 600, config, pp_stages=None)
+    update_latest(tmp_path, 600)
     assert read_latest(tmp_path).step == 600 and _steps(tmp_path) == [600, 900, 1000]
 
 
@@ -266,18 +268,27 @@ def test_trash_that_is_a_symlink_stops_gc(tmp_path: Path) -> None:
 
 
 def test_a_save_replacing_its_step_dir_refuses_a_symlinked_trash(tmp_path: Path) -> None:
+    # Saves are published by rename now: the old step_2 is set aside in the root, never moved
+    # through a trash that points out of it.
     outside = make_root(tmp_path / "outside", [9])
     root = make_root(tmp_path / "root", [1, 2], latest=2)
     os.symlink(outside, root / TRASH_NAME)
     before, old = fingerprint(outside), snapshot(root)["step_2"]
-    with pytest.raises(CheckpointSaveError, match="not a real directory"):
-        prepare_step_dir(root, root / "step_2")  # a save of step 2 again
-    assert fingerprint(outside) == before and snapshot(root)["step_2"] == old
+    owner = claim_root(root)
+    save_dir = begin_save(root, 2, owner_token=owner.token)  # a save of step 2 again
+    (save_dir / "__0_0.distcp").write_bytes(b"new" * 10)
+    (save_dir / ".metadata").write_bytes(b"dcp-metadata")
+    publish_save(root, save_dir, 2, owner_token=owner.token)
+    assert fingerprint(outside) == before
+    assert (root / "step_2" / "__0_0.distcp").read_bytes() == b"new" * 10
+    (aside,) = root.glob(".kf-replaced.step_2.*")  # the trash was refused: set aside, kept
+    assert tree_listing(aside) == old
+    with pytest.raises(RetentionError, match="not a real directory"):
+        collect_garbage(root, KEEP2)
+    assert fingerprint(outside) == before and tree_listing(aside) == old
     (root / TRASH_NAME).unlink()
-    prepare_step_dir(root, root / "step_2")  # with a real trash, the old dir is moved aside
-    assert list((root / "step_2").iterdir()) == []
-    (moved,) = (root / TRASH_NAME).iterdir()
-    assert moved.name.startswith("step_2.replaced.") and tree_listing(moved) == old
+    collect_garbage(root, KEEP2)  # with a real trash, the old copy goes
+    assert not list(root.glob(".kf-replaced.*")) and _steps(root) == [1, 2]
 
 
 def test_lock_file_that_is_a_symlink_stops_gc(tmp_path: Path) -> None:

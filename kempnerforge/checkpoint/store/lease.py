@@ -1,0 +1,288 @@
+"""The writer lease of an in-flight save: who is writing it, and whether that writer still lives.
+
+Every save is written into its own in-flight directory (see :mod:`.layout`), and rank 0 of the
+writing job keeps a lease file, ``.kf-lease``, inside it: a small JSON document naming the step,
+the owner token of the job, the host, the process id and its start time, and the host's boot id.
+A background thread refreshes the lease's mtime every :data:`LEASE_HEARTBEAT_S` seconds while the
+save is in flight.
+
+Whether the writer is alive is judged without trusting any clock where possible:
+
+* a lease written on **this host** (same host name and boot id) is live exactly when its process
+  still runs (the same pid with the same start time: a recycled pid does not count);
+* a lease written on **another host** is live while its heartbeat is recent: the age of the
+  lease's mtime is measured against the file system's own clock (:func:`file_system_now`, the
+  mtime of a file touched right now in the same root), not against this host's clock, so skew
+  between hosts and the file server cancels out. A heartbeat older than :data:`LEASE_TTL_S`, or
+  dated more than that *ahead* of the file system's clock (no live writer can refresh it so),
+  marks the save abandoned.
+
+Torch-free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeGuard
+
+from kempnerforge.checkpoint.store.files import write_json_atomic
+from kempnerforge.checkpoint.store.layout import LEASE_NAME, LOCK_NAME
+
+__all__ = [
+    "LEASE_HEARTBEAT_S",
+    "LEASE_TTL_S",
+    "Heartbeat",
+    "Lease",
+    "LeaseVerdict",
+    "file_system_now",
+    "judge_lease",
+    "new_lease",
+    "read_lease",
+    "write_lease",
+]
+
+LEASE_HEARTBEAT_S = 10.0
+"""How often the writer refreshes its lease (the lease file's mtime)."""
+LEASE_TTL_S = 300.0
+"""A lease from another host whose heartbeat is older than this (by the file system's clock)
+has expired: thirty missed heartbeats. A lease from this host expires as soon as its process
+exits, whatever the clocks say."""
+_MAX_LEASE_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class Lease:
+    """Who writes an in-flight save (the content of its ``.kf-lease``)."""
+
+    step: int
+    owner: str
+    """The owner token of the job writing it (see :mod:`.owner`)."""
+    host: str
+    pid: int
+    pid_start: int | None = None
+    """The process's start time in clock ticks since boot (Linux), so a recycled pid differs."""
+    boot_id: str | None = None
+    started_at: str = ""
+    heartbeat_s: float = LEASE_HEARTBEAT_S
+
+
+@dataclass(frozen=True, kw_only=True)
+class LeaseVerdict:
+    """Whether an in-flight save still has a live writer, and why (in words)."""
+
+    live: bool
+    detail: str
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (field 3 on); None off Linux."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    return raw[raw.rindex(")") + 2 :].split() if ")" in raw else None
+
+
+def _pid_start(pid: int) -> int | None:
+    """Field 22 of ``/proc/<pid>/stat`` (start time in ticks since boot); None off Linux."""
+    fields = _proc_stat(pid)
+    try:
+        return int(fields[19]) if fields else None
+    except (ValueError, IndexError):
+        return None
+
+
+def new_lease(step: int, owner: str) -> Lease:
+    """The lease of a save of ``step`` written by this process for the job ``owner``."""
+    pid = os.getpid()
+    return Lease(
+        step=step,
+        owner=owner,
+        host=socket.gethostname(),
+        pid=pid,
+        pid_start=_pid_start(pid),
+        boot_id=_boot_id(),
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+
+def write_lease(save_dir: Path, lease: Lease) -> None:
+    """Publish ``lease`` as ``<save_dir>/.kf-lease`` (atomically)."""
+    write_json_atomic(save_dir / LEASE_NAME, {"format": "kf-lease", **asdict(lease)})
+
+
+def read_lease(save_dir: Path) -> tuple[Lease | None, float | None, str | None]:
+    """``(lease, its mtime, warning)``: a missing, foreign or corrupt lease is a warning.
+
+    Never follows a symlink and never reads more than 64 kB.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(save_dir / LEASE_NAME, flags)
+    except FileNotFoundError:
+        return None, None, f"no {LEASE_NAME}"
+    except OSError as exc:
+        return None, None, f"cannot read {LEASE_NAME}: {exc.strerror}"
+    try:
+        mtime_s = os.fstat(fd).st_mtime
+        raw = os.read(fd, _MAX_LEASE_BYTES + 1)
+    except OSError as exc:
+        return None, None, f"cannot read {LEASE_NAME}: {exc.strerror}"
+    finally:
+        os.close(fd)
+    lease = _parse(raw) if len(raw) <= _MAX_LEASE_BYTES else None
+    if lease is None:
+        return None, mtime_s, f"corrupt {LEASE_NAME}"
+    return lease, mtime_s, None
+
+
+def _parse(raw: bytes) -> Lease | None:
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != "kf-lease":
+        return None
+    step, pid = data.get("step"), data.get("pid")
+    owner, host = data.get("owner"), data.get("host")
+    if not (_is_int(step) and _is_int(pid) and isinstance(owner, str) and isinstance(host, str)):
+        return None
+    pid_start = data.get("pid_start")
+    boot_id = data.get("boot_id")
+    heartbeat = data.get("heartbeat_s")
+    return Lease(
+        step=step,
+        owner=owner,
+        host=host,
+        pid=pid,
+        pid_start=pid_start if _is_int(pid_start) else None,
+        boot_id=boot_id if isinstance(boot_id, str) else None,
+        started_at=str(data.get("started_at", "")),
+        heartbeat_s=float(heartbeat) if _is_number(heartbeat) else LEASE_HEARTBEAT_S,
+    )
+
+
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
+
+
+def file_system_now(root: Path) -> float | None:
+    """The file system's clock: the mtime of the root's lock file, touched right now.
+
+    Comparing an mtime with this (rather than with ``time.time()``) measures an age on one
+    clock, the file server's, whatever the skew of the host that scans. None when the lock file
+    cannot be touched (no lock file yet, a read-only root): callers then fall back to this
+    host's clock. Never creates a file.
+    """
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(root / LOCK_NAME, flags)
+    except OSError:
+        return None
+    try:
+        os.utime(fd)  # "now", as the file system sets it (server time on NFS)
+        return os.fstat(fd).st_mtime
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def judge_lease(
+    lease: Lease, lease_mtime_s: float, now_s: float, *, ttl_s: float = LEASE_TTL_S
+) -> LeaseVerdict:
+    """Is the writer of ``lease`` alive? (See the module docstring for the rules.)
+
+    Args:
+        lease: the lease read from the in-flight directory.
+        lease_mtime_s: the lease file's mtime (its last heartbeat).
+        now_s: the file system's clock (:func:`file_system_now`), else this host's.
+        ttl_s: the age at which a heartbeat from another host has expired.
+    """
+    who = f"pid {lease.pid} on {lease.host}"
+    if lease.host == socket.gethostname() and lease.boot_id == _boot_id():
+        if _process_alive(lease.pid, lease.pid_start):
+            return LeaseVerdict(live=True, detail=f"{who} is running")
+        return LeaseVerdict(live=False, detail=f"{who} has exited")
+    if lease.host == socket.gethostname() and lease.boot_id is not None and _boot_id():
+        return LeaseVerdict(live=False, detail=f"{lease.host} rebooted since {who} wrote it")
+    age_s = now_s - lease_mtime_s
+    if age_s != age_s:  # NaN: a corrupt mtime cannot show life
+        return LeaseVerdict(live=False, detail=f"{who}: heartbeat time unreadable")
+    if age_s > ttl_s:
+        return LeaseVerdict(live=False, detail=f"{who}: no heartbeat for {int(age_s)} s")
+    if age_s < -ttl_s:
+        return LeaseVerdict(
+            live=False,
+            detail=f"{who}: heartbeat dated {int(-age_s)} s ahead of the file system's clock",
+        )
+    return LeaseVerdict(live=True, detail=f"{who}: heartbeat {max(int(age_s), 0)} s ago")
+
+
+def _process_alive(pid: int, pid_start: int | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    except OSError:
+        return False
+    fields = _proc_stat(pid)
+    if fields is None:  # gone meanwhile, or no /proc: then the pid exists, that is all we know
+        return not os.path.exists("/proc/self/stat")
+    if fields[0] in ("Z", "X"):
+        return False  # a zombie writes nothing: it has exited, only not been reaped
+    if pid_start is None:
+        return True
+    try:
+        return int(fields[19]) == pid_start
+    except (ValueError, IndexError):
+        return True
+
+
+class Heartbeat:
+    """Refreshes a lease file's mtime every ``interval_s`` on a daemon thread until stopped.
+
+    Example:
+        >>> beat = Heartbeat(save_dir / ".kf-lease")  # doctest: +SKIP
+        >>> ...  # the save is written
+        >>> beat.stop()
+    """
+
+    def __init__(self, path: Path, interval_s: float = LEASE_HEARTBEAT_S) -> None:
+        self._path = path
+        self._interval_s = interval_s
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kf-lease-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._interval_s):
+            with contextlib.suppress(OSError):  # the save was published or discarded meanwhile
+                os.utime(self._path)
+
+    def stop(self) -> None:
+        """Stop refreshing (idempotent); returns once the thread has ended."""
+        self._stopped.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
