@@ -73,8 +73,8 @@ of its subdirectories ``{relative path: stamp}``, metadata.json's stamp (or null
 ``CheckpointInfo`` fields ``tokens_seen``, ``dynamic_milestone``, the index of its
 ``recorded_config`` in the file's ``configs`` table (or null), ``size_bytes``, ``file_count``,
 ``mtime_s``, ``warnings``, ``metrics``, ``pin`` (its fields as an object, or null),
-``verified`` (the full check of :mod:`kempnerforge.checkpoint.store.verify` passed) and
-``run_id``. Only complete checkpoints are cached, so ``complete`` is implied."""
+``run_id`` and ``verified`` (the full check of :mod:`kempnerforge.checkpoint.store.verify`
+passed). Only complete checkpoints are cached, so ``complete`` is implied."""
 
 
 class ScanCache:
@@ -143,8 +143,8 @@ class ScanCache:
             list(fields["warnings"]),
             fields["metrics"],
             None if fields["pin"] is None else fields["pin"].to_dict(),
-            fields["verified"],
             fields.get("run_id"),
+            fields["verified"],
         ]
         self._fresh[name] = (entry, fields["recorded_config"])
         self._changed = True
@@ -152,8 +152,8 @@ class ScanCache:
     def mark_verified(self, name: str) -> None:
         """The full check passed on step directory ``name`` (looked up or remembered here)."""
         entry = self._fresh.get(name)
-        if entry is not None and entry[0][12] is not True:
-            entry[0][12] = True
+        if entry is not None and entry[0][-1] is not True:
+            entry[0][-1] = True  # verified is the last field
             self._changed = True
 
     def forget(self, name: str) -> None:
@@ -291,8 +291,8 @@ def _fields(entry: Any, configs: list[Any]) -> dict[str, Any]:
         warnings,
         metrics,
         pin,
-        verified,
         run_id,
+        verified,
     ) = entry
     if ref is None:
         config = None

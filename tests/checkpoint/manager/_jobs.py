@@ -129,6 +129,10 @@ def train(
     manager = CheckpointManager(cfg, model, optimizer, collective_timeout_s=60)
     fresh = manager.peek_saved_step() is None
     step, _, _ = manager.load()
+    if step >= max_steps:  # an earlier job finished the run: nothing to train, nothing to save
+        manager.close()
+        torch.save(snapshot(model, optimizer), f"{result}.final.pt")
+        return {"finished": step}
     _perturb(model, seed)
     try:
         if fresh and cfg.should_save(0):
