@@ -12,15 +12,20 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from kempnerforge.config._fields import (
+    CONFIG_FIELDS,
+    KINDS,
+    WINDOW_FIELDS,
+    WINDOW_KEY,
+    Kind,
+    to_plain,
+)
 from kempnerforge.config.checkpoint import (
-    AsyncCheckpointMode,
     CheckpointConfig,
     DynamicCheckpointWindow,
 )
@@ -35,34 +40,6 @@ __all__ = [
     "recorded_config_from_dict",
 ]
 
-_WINDOW_KEY = "dyn_ckpt_window"
-_CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(CheckpointConfig))
-_WINDOW_FIELDS = tuple(f.name for f in dataclasses.fields(DynamicCheckpointWindow))
-# How a value of each annotation (as written: ``from __future__ import annotations`` keeps them
-# as strings) is type-checked and coerced. A field with an annotation not listed here fails at
-# import, so a new field cannot be forgotten.
-_KIND_OF_ANNOTATION = {
-    "int": "int",
-    "str": "str",
-    "str | None": "str?",
-    "bool": "bool",
-    "list[str]": "list[str]",
-    "AsyncCheckpointMode": "async_mode",
-}
-
-
-def _kind(annotation: str) -> str:
-    # A Literal of strings is checked as a string here; __post_init__ checks the allowed values.
-    return "str" if annotation.startswith("Literal[") else _KIND_OF_ANNOTATION[annotation]
-
-
-_KINDS: dict[str, str] = {
-    f.name: _kind(str(f.type))
-    for cls in (CheckpointConfig, DynamicCheckpointWindow)
-    for f in dataclasses.fields(cls)
-    if f.name != _WINDOW_KEY
-}
-
 
 def _valid(fields: Iterable[str], prefix: str) -> str:
     return ", ".join(f"{prefix}{name}" for name in fields)
@@ -72,26 +49,10 @@ def _where(source: str | None) -> str:
     return f" in {source}" if source else ""
 
 
-def _check_type(key: str, kind: str, value: Any, source: str | None) -> Any:
+def _check_type(key: str, kind: Kind, value: Any, source: str | None) -> Any:
     """Check a value that came typed (TOML, JSON) against the field's kind."""
-    ok = {
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "str": isinstance(value, str),
-        "str?": value is None or isinstance(value, str),
-        "bool": isinstance(value, bool),
-        "async_mode": isinstance(value, str),
-        "list[str]": isinstance(value, list) and all(isinstance(v, str) for v in value),
-    }[kind]
-    if not ok:
-        expected = {
-            "int": "an integer",
-            "str": "a string",
-            "str?": "a string",
-            "bool": "true or false",
-            "async_mode": "one of " + ", ".join(repr(m.value) for m in AsyncCheckpointMode),
-            "list[str]": "a list of strings",
-        }[kind]
-        raise ConfigError(f"{key}{_where(source)} must be {expected}, got {_short(value)}")
+    if not kind.accepts(value):
+        raise ConfigError(f"{key}{_where(source)} must be {kind.expected}, got {_short(value)}")
     return value
 
 
@@ -116,36 +77,12 @@ def _did_you_mean(name: str, choices: Iterable[str]) -> str:
     return f"did you mean {close[0]!r}? " if close else ""
 
 
-def _coerce(key: str, kind: str, text: str) -> Any:
+def _coerce(key: str, kind: Kind, text: str) -> Any:
     """Turn the text of a ``--set KEY=VALUE`` override into the field's type."""
-    raw = text.strip()
     try:
-        if kind == "int":
-            return int(raw, 0)
-        if kind == "bool":
-            lowered = raw.lower()
-            if lowered in {"true", "1", "yes", "on"}:
-                return True
-            if lowered in {"false", "0", "no", "off"}:
-                return False
-            raise ValueError(raw)
-        if kind == "str?":
-            return None if raw.lower() in {"", "none", "null"} else raw
-        if kind == "list[str]":
-            if raw.startswith("["):
-                value = json.loads(raw)
-                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                    raise ValueError(raw)
-                return value
-            return [part.strip() for part in raw.split(",") if part.strip()]
+        return kind.coerce(text.strip())
     except ValueError:
-        expected = {
-            "int": "an integer",
-            "bool": "true or false",
-            "list[str]": 'a comma-separated list or a JSON list of strings like ["optimizer"]',
-        }.get(kind, "a valid value")
-        raise ConfigError(f"override {key}={text!r}: expected {expected}") from None
-    return raw
+        raise ConfigError(f"override {key}={text!r}: expected {kind.override_expected}") from None
 
 
 def _build(
@@ -160,19 +97,19 @@ def _build(
         raise ConfigError(f"checkpoint{_where(source)} must be a table, got {_short(data)}")
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
-        if key not in _CONFIG_FIELDS:
+        if key not in CONFIG_FIELDS:
             if unknown is not None:
                 unknown.append(f"checkpoint.{_key(key)}")
                 continue
             raise ConfigError(
                 f"unknown key checkpoint.{_key(key)}{_where(source)}; "
-                f"{_did_you_mean(key, _CONFIG_FIELDS)}valid keys: "
-                f"{_valid(_CONFIG_FIELDS, 'checkpoint.')}"
+                f"{_did_you_mean(key, CONFIG_FIELDS)}valid keys: "
+                f"{_valid(CONFIG_FIELDS, 'checkpoint.')}"
             )
-        if key == _WINDOW_KEY:
+        if key == WINDOW_KEY:
             kwargs[key] = _build_window(value, source, unknown)
         else:
-            kwargs[key] = _check_type(f"checkpoint.{key}", _KINDS[key], value, source)
+            kwargs[key] = _check_type(f"checkpoint.{key}", KINDS[key], value, source)
     try:
         return CheckpointConfig(**kwargs)
     except ValueError as exc:
@@ -186,23 +123,23 @@ def _build_window(
         return None
     if isinstance(data, DynamicCheckpointWindow):
         return data
-    prefix = f"checkpoint.{_WINDOW_KEY}."
+    prefix = f"checkpoint.{WINDOW_KEY}."
     if not isinstance(data, Mapping):
         raise ConfigError(
-            f"checkpoint.{_WINDOW_KEY}{_where(source)} must be a table, got {_short(data)}"
+            f"checkpoint.{WINDOW_KEY}{_where(source)} must be a table, got {_short(data)}"
         )
     known: dict[str, Any] = {}
     for key, value in data.items():
-        if key not in _WINDOW_FIELDS:
+        if key not in WINDOW_FIELDS:
             if unknown is not None:
                 unknown.append(f"{prefix}{_key(key)}")
                 continue
-            valid = _valid(_WINDOW_FIELDS, prefix)
+            valid = _valid(WINDOW_FIELDS, prefix)
             raise ConfigError(
                 f"unknown key {prefix}{_key(key)}{_where(source)}; "
-                f"{_did_you_mean(key, _WINDOW_FIELDS)}valid keys: {valid}"
+                f"{_did_you_mean(key, WINDOW_FIELDS)}valid keys: {valid}"
             )
-        known[key] = _check_type(prefix + key, _KINDS[key], value, source)
+        known[key] = _check_type(prefix + key, KINDS[key], value, source)
     data = known
     try:
         return DynamicCheckpointWindow(**data)
@@ -280,25 +217,25 @@ def apply_overrides(config: CheckpointConfig, overrides: Iterable[str]) -> Check
         if parts[0] == "checkpoint":
             parts = parts[1:]
         all_keys = (
-            _valid(_CONFIG_FIELDS, "checkpoint.")
+            _valid(CONFIG_FIELDS, "checkpoint.")
             + ", "
-            + _valid(_WINDOW_FIELDS, f"checkpoint.{_WINDOW_KEY}.")
+            + _valid(WINDOW_FIELDS, f"checkpoint.{WINDOW_KEY}.")
         )
-        if len(parts) == 1 and parts[0] in _CONFIG_FIELDS:
+        if len(parts) == 1 and parts[0] in CONFIG_FIELDS:
             name = parts[0]
-            if name == _WINDOW_KEY:
+            if name == WINDOW_KEY:
                 if text.strip().lower() not in {"", "none", "null"}:
                     raise ConfigError(
                         f"override {key}={text!r}: only 'none' is allowed here; set "
-                        f"checkpoint.{_WINDOW_KEY}.start and .stop instead"
+                        f"checkpoint.{WINDOW_KEY}.start and .stop instead"
                     )
-                data[_WINDOW_KEY] = None
+                data[WINDOW_KEY] = None
             else:
-                data[name] = _coerce(key, _KINDS[name], text)
-        elif len(parts) == 2 and parts[0] == _WINDOW_KEY and parts[1] in _WINDOW_FIELDS:
-            window = dict(data.get(_WINDOW_KEY) or {})
-            window[parts[1]] = _coerce(key, _KINDS[parts[1]], text)
-            data[_WINDOW_KEY] = window
+                data[name] = _coerce(key, KINDS[name], text)
+        elif len(parts) == 2 and parts[0] == WINDOW_KEY and parts[1] in WINDOW_FIELDS:
+            window = dict(data.get(WINDOW_KEY) or {})
+            window[parts[1]] = _coerce(key, KINDS[parts[1]], text)
+            data[WINDOW_KEY] = window
         else:
             raise ConfigError(f"unknown key {key} in override {override!r}; valid keys: {all_keys}")
     return _build(data, "overrides")
@@ -327,20 +264,7 @@ def load_config(
 
 def config_to_dict(config: CheckpointConfig) -> dict[str, Any]:
     """A JSON-able dict of ``config`` that :func:`config_from_dict` turns back into an equal one."""
-    window = config.dyn_ckpt_window
-    return {
-        "dir": config.dir,
-        "interval": config.interval,
-        "dyn_ckpt_window": None
-        if window is None
-        else {"start": window.start, "stop": window.stop, "strategy": window.strategy},
-        "async_mode": config.async_mode.value,
-        "keep_last_n": config.keep_last_n,
-        "load_path": config.load_path,
-        "export_dtype": config.export_dtype,
-        "exclude_from_loading": list(config.exclude_from_loading),
-        "ignore_freeze_mismatch": config.ignore_freeze_mismatch,
-    }
+    return to_plain(config)
 
 
 def config_from_dict(data: Mapping[str, Any], *, source: str | None = None) -> CheckpointConfig:
