@@ -31,10 +31,20 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
+from kempnerforge.checkpoint.store._saves import (
+    Piece,
+    Span,
+    check_max_steps,
+    interval_spans,
+    is_saved,
+    save_steps,
+    split_span,
+    window_saves,
+)
 from kempnerforge.checkpoint.store.retention import Reason
-from kempnerforge.config.checkpoint import POWER2, CheckpointConfig
+from kempnerforge.config.checkpoint import CheckpointConfig
 
-__all__ = ["RunSimulation", "SaveRun", "SimulatedSave", "save_steps", "simulate_run"]
+__all__ = ["RunSimulation", "SaveRun", "SimulatedSave", "is_saved", "save_steps", "simulate_run"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,92 +134,6 @@ class RunSimulation:
         return self.max_on_disk * self.ckpt_size_bytes
 
 
-@dataclass(frozen=True)
-class _Span:
-    """Evenly spaced interval saves ``first, first + every, ...`` (``count`` of them)."""
-
-    first: int
-    every: int
-    count: int
-
-    def at(self, i: int) -> int:
-        return self.first + i * self.every
-
-    @property
-    def last(self) -> int:
-        return self.at(self.count - 1)
-
-
-_Piece = _Span | int
-"""A stretch of plain interval saves, or one save kept for good (a milestone or a pin)."""
-
-
-def _interval_spans(config: CheckpointConfig, max_steps: int) -> tuple[_Span, _Span]:
-    """The interval saves before the window and after it (the whole run without a window)."""
-    interval, window = config.interval, config.dyn_ckpt_window
-    if window is None:
-        return _Span(interval, interval, max_steps // interval), _Span(interval, interval, 0)
-    before_last = min(window.start - 1, max_steps)
-    before = _Span(interval, interval, max(0, before_last // interval))
-    first_after = (window.stop // interval + 1) * interval
-    after = _Span(first_after, interval, max(0, (max_steps - first_after) // interval + 1))
-    return before, after
-
-
-def _window_saves(config: CheckpointConfig, max_steps: int) -> list[int]:
-    """The saves inside the window (its strategy decides): few for ``power2``, which is
-    enumerated directly; any other strategy is asked once per step of the window."""
-    window = config.dyn_ckpt_window
-    if window is None:
-        return []
-    lo, hi = max(1, window.start), min(window.stop, max_steps)
-    if window.strategy == POWER2:
-        candidates = [window.start] if window.start >= 1 else []
-        offset = 1
-        while window.start + offset <= hi:
-            candidates.append(window.start + offset)
-            offset *= 2
-        return [s for s in candidates if lo <= s <= hi and window.is_milestone(s)]
-    return [s for s in range(lo, hi + 1) if window.is_milestone(s)]
-
-
-def is_saved(config: CheckpointConfig, max_steps: int, step: int) -> bool:
-    """Does a run of ``max_steps`` steps save ``step``? (Without listing its saves.)"""
-    return 1 <= step <= max_steps and config.should_save(step)
-
-
-def save_steps(config: CheckpointConfig, max_steps: int) -> list[int]:
-    """The steps in ``1 .. max_steps`` at which ``config.should_save`` is true, in order.
-
-    A list of every save: for short runs and tests (:func:`simulate_run` never builds it).
-    """
-    _check_max_steps(max_steps)
-    before, after = _interval_spans(config, max_steps)
-    spans = [range(s.first, s.last + 1, s.every) if s.count else range(0) for s in (before, after)]
-    return [*spans[0], *_window_saves(config, max_steps), *spans[1]]
-
-
-def _check_max_steps(max_steps: int) -> None:
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
-        raise ValueError(f"max_steps must be a non-negative integer, got {max_steps!r}")
-
-
-def _split(span: _Span, keepers: list[int]) -> list[_Piece]:
-    """``span`` with the (sorted) ``keepers`` on its grid cut out as pieces of their own."""
-    pieces: list[_Piece] = []
-    start = 0
-    for step in keepers:
-        i = (step - span.first) // span.every
-        if span.count and 0 <= i < span.count and span.at(i) == step:
-            if i > start:
-                pieces.append(_Span(span.at(start), span.every, i - start))
-            pieces.append(step)
-            start = i + 1
-    if span.count > start:
-        pieces.append(_Span(span.at(start), span.every, span.count - start))
-    return pieces
-
-
 def simulate_run(
     config: CheckpointConfig,
     max_steps: int,
@@ -231,16 +155,16 @@ def simulate_run(
         >>> list(sim.iter_survivors()), sim.max_on_disk, sim.max_on_disk_step
         ([400, 500], 3, 300)
     """
-    _check_max_steps(max_steps)
+    check_max_steps(max_steps)
     pinned = sorted({p for p in pins if is_saved(config, max_steps, p)})
-    before, after = _interval_spans(config, max_steps)
+    before, after = interval_spans(config, max_steps)
     # Inside the window only the strategy saves, and each of its saves is a milestone
     # (``is_dynamic_milestone`` is the strategy's verdict); outside it only the interval saves.
-    milestones = _window_saves(config, max_steps)
-    pieces: list[_Piece] = [*_split(before, pinned), *milestones, *_split(after, pinned)]
-    pieces = [p for p in pieces if not isinstance(p, _Span) or p.count]
+    milestones = window_saves(config, max_steps)
+    pieces: list[Piece] = [*split_span(before, pinned), *milestones, *split_span(after, pinned)]
+    pieces = [p for p in pieces if not isinstance(p, Span) or p.count]
     keepers = [p for p in pieces if isinstance(p, int)]
-    total_plain = sum(p.count for p in pieces if isinstance(p, _Span))
+    total_plain = sum(p.count for p in pieces if isinstance(p, Span))
     final = _final_step(pieces)
     keep_last_n = config.keep_last_n
     kept_plain = total_plain if keep_last_n <= 0 else min(keep_last_n, total_plain)
@@ -259,15 +183,15 @@ def simulate_run(
     )
 
 
-def _final_step(pieces: list[_Piece]) -> int | None:
+def _final_step(pieces: list[Piece]) -> int | None:
     if not pieces:
         return None
     last = pieces[-1]
-    return last.last if isinstance(last, _Span) else last
+    return last.last if isinstance(last, Span) else last
 
 
 def _runs(
-    pieces: list[_Piece],
+    pieces: list[Piece],
     milestones: set[int],
     pinned: set[int],
     deleted: int,
@@ -278,7 +202,7 @@ def _runs(
     kept_reason = Reason.keep_all if keep_last_n <= 0 else Reason.within_keep_last_n
     runs: list[SaveRun] = []
     for piece in pieces:
-        if isinstance(piece, _Span):
+        if isinstance(piece, Span):
             gone = min(deleted, piece.count)
             deleted -= gone
             if gone:
@@ -317,7 +241,7 @@ def _listed(steps: tuple[int, ...], milestone: bool, pinned: bool, reason: Reaso
 
 
 def _kept_spans(
-    span: _Span, start: int, stop: int, final: int | None, reason: Reason
+    span: Span, start: int, stop: int, final: int | None, reason: Reason
 ) -> list[SaveRun]:
     """Saves ``start .. stop-1`` of ``span`` kept; the final save of the run is ``latest``."""
     if span.at(stop - 1) != final:
@@ -326,7 +250,7 @@ def _kept_spans(
     return [*head, _span_run(span, stop - 1, stop, True, Reason.latest)]
 
 
-def _span_run(span: _Span, start: int, stop: int, survives: bool, reason: Reason) -> SaveRun:
+def _span_run(span: Span, start: int, stop: int, survives: bool, reason: Reason) -> SaveRun:
     return SaveRun(
         first=span.at(start),
         last=span.at(stop - 1),
@@ -340,14 +264,14 @@ def _span_run(span: _Span, start: int, stop: int, survives: bool, reason: Reason
     )
 
 
-def _peak(pieces: list[_Piece], keep_last_n: int, final: int | None) -> tuple[int, int | None]:
+def _peak(pieces: list[Piece], keep_last_n: int, final: int | None) -> tuple[int, int | None]:
     """The most checkpoints on disk at once (the kept ones plus the save being written), and
     the first save at which that happens."""
     if final is None:
         return 0, None
-    final_is_plain = isinstance(pieces[-1], _Span)
+    final_is_plain = isinstance(pieces[-1], Span)
     keepers = [p for p in pieces if isinstance(p, int) and p != final]
-    plain = sum(p.count for p in pieces if isinstance(p, _Span)) - (1 if final_is_plain else 0)
+    plain = sum(p.count for p in pieces if isinstance(p, Span)) - (1 if final_is_plain else 0)
     if keep_last_n <= 0:  # every round keeps everything: the count grows with each save
         return plain + len(keepers) + 1, final
     nth = min(keep_last_n, plain)
@@ -359,21 +283,21 @@ def _peak(pieces: list[_Piece], keep_last_n: int, final: int | None) -> tuple[in
         raisers.append(_nth_plain(pieces, nth - 1))
     if not raisers:
         first = pieces[0]
-        return peak, first.first if isinstance(first, _Span) else first
+        return peak, first.first if isinstance(first, Span) else first
     return peak, _next_save(pieces, max(raisers))
 
 
-def _nth_plain(pieces: list[_Piece], i: int) -> int:
+def _nth_plain(pieces: list[Piece], i: int) -> int:
     """The ``i``-th (0-based) interval save of the run."""
     for piece in pieces:
-        if isinstance(piece, _Span):
+        if isinstance(piece, Span):
             if i < piece.count:
                 return piece.at(i)
             i -= piece.count
     raise IndexError(i)
 
 
-def _next_save(pieces: list[_Piece], step: int) -> int:
+def _next_save(pieces: list[Piece], step: int) -> int:
     """The first save after ``step`` (there is one: ``step`` is not the final save)."""
     for piece in pieces:
         if isinstance(piece, int):
