@@ -32,8 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kempnerforge.checkpoint.store._scan_cache import RACY_WINDOW_S
+from kempnerforge.checkpoint.store.apply import apply_plan
 from kempnerforge.checkpoint.store.catalog import scan
-from kempnerforge.checkpoint.store.collect import apply_plan
 from kempnerforge.checkpoint.store.files import update_latest
 from kempnerforge.checkpoint.store.layout import CACHE_NAME, step_dir_name
 from kempnerforge.checkpoint.store.retention import RetentionPlan, plan_retention

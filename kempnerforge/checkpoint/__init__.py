@@ -10,7 +10,28 @@ Example:
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # real types for type checkers and IDEs; at run time, __getattr__
+    from kempnerforge.checkpoint.export.contents import inspect_checkpoint
+    from kempnerforge.checkpoint.export.exporter import (
+        ExportResult,
+        export_safetensors,
+        verify_export,
+    )
+    from kempnerforge.checkpoint.manager import CheckpointManager
+    from kempnerforge.checkpoint.manager.async_save import AsyncCheckpointer
+    from kempnerforge.checkpoint.store.apply import ApplyResult, apply_plan
+    from kempnerforge.checkpoint.store.catalog import Catalog, CheckpointInfo, SkippedEntry, scan
+    from kempnerforge.checkpoint.store.collect import GcResult, collect_garbage
+    from kempnerforge.checkpoint.store.retention import (
+        Action,
+        Decision,
+        Reason,
+        RetentionPlan,
+        plan_retention,
+    )
+    from kempnerforge.checkpoint.store.simulate import RunSimulation, simulate_run
 
 # name -> module; imported on first use, so that `kf-ckpt ls` pays only for what it uses and
 # nothing here imports torch until a manager or export name is asked for.
@@ -24,9 +45,9 @@ _LAZY = {
     "Reason": "kempnerforge.checkpoint.store.retention",
     "RetentionPlan": "kempnerforge.checkpoint.store.retention",
     "plan_retention": "kempnerforge.checkpoint.store.retention",
-    "ApplyResult": "kempnerforge.checkpoint.store.collect",
+    "ApplyResult": "kempnerforge.checkpoint.store.apply",
     "GcResult": "kempnerforge.checkpoint.store.collect",
-    "apply_plan": "kempnerforge.checkpoint.store.collect",
+    "apply_plan": "kempnerforge.checkpoint.store.apply",
     "collect_garbage": "kempnerforge.checkpoint.store.collect",
     "RunSimulation": "kempnerforge.checkpoint.store.simulate",
     "simulate_run": "kempnerforge.checkpoint.store.simulate",

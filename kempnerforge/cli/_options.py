@@ -27,6 +27,19 @@ _UNITS = {
 }  # fmt: skip
 
 
+def wait_lock_option(fn: F) -> F:
+    """``--wait-lock SECONDS`` (default 0) for the commands that take the root's lock."""
+    return click.option(
+        "--wait-lock",
+        type=click.FloatRange(min=0),
+        default=0.0,
+        show_default=True,
+        metavar="SECONDS",
+        help="How long to wait for the checkpoint root's lock (held by a gc, a pin, a mark or a "
+        "save's retention); still busy after that: exit 75.",
+    )(fn)
+
+
 def config_options(fn: F) -> F:
     """``-c/--config JOB.toml`` and repeated ``--set checkpoint.KEY=VALUE``."""
     fn = click.option(

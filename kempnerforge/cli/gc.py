@@ -13,15 +13,12 @@ from typing import Any
 
 import click
 
-from kempnerforge.checkpoint.store.collect import (
-    GcResult,
-    NotDeleted,
-    collect_garbage,
-)
+from kempnerforge.checkpoint.store.apply import NotDeleted
+from kempnerforge.checkpoint.store.collect import GcResult, collect_garbage
 from kempnerforge.checkpoint.store.policy import likely_milestones
 from kempnerforge.checkpoint.store.retention import Reason
 from kempnerforge.checkpoint.store.selection import ConfigSelection, select_root
-from kempnerforge.cli._options import config_options
+from kempnerforge.cli._options import config_options, wait_lock_option
 from kempnerforge.cli._render import (
     FORMAT_VERSION,
     catalog_warnings,
@@ -52,14 +49,7 @@ __all__ = ["gc", "gc_document", "gc_failure", "gc_table"]
 )
 @click.option("--dry-run", is_flag=True, help="Print the plan and delete nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
-@click.option(
-    "--wait-lock",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="How long to wait for the checkpoint root's lock; still busy after that: exit 75.",
-)
+@wait_lock_option
 def gc(
     directory: str | None,
     config_path: str | None,

@@ -10,7 +10,8 @@ from typing import Any
 import click
 
 from kempnerforge.checkpoint.store.policy import MarkResult, mark_root
-from kempnerforge.checkpoint.store.selection import split_checkpoint_path
+from kempnerforge.checkpoint.store.resolve import split_checkpoint_path
+from kempnerforge.cli._options import wait_lock_option
 from kempnerforge.cli._render import FORMAT_VERSION, echo_json, plural, render_table
 from kempnerforge.config.checkpoint import CheckpointConfig, DynamicCheckpointWindow
 from kempnerforge.config.loader import config_to_dict, load_config
@@ -55,14 +56,7 @@ def _window(ctx: click.Context, param: click.Parameter, value: str | None) -> An
 )
 @click.option("--dry-run", is_flag=True, help="Print what would be marked and change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
-@click.option(
-    "--wait-lock",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="How long to wait for ROOT's lock; still busy after that: exit 75.",
-)
+@wait_lock_option
 def mark(
     root: str,
     config_path: str | None,

@@ -10,21 +10,10 @@ from pathlib import Path
 import click
 
 from kempnerforge.checkpoint.store.pins import MAX_NOTE_CHARS, pin_checkpoint, unpin_checkpoint
-from kempnerforge.checkpoint.store.selection import split_checkpoint_path
+from kempnerforge.checkpoint.store.resolve import split_checkpoint_path
+from kempnerforge.cli._options import wait_lock_option
 
 __all__ = ["pin", "unpin"]
-
-
-def _wait_lock(fn):  # type: ignore[no-untyped-def]
-    return click.option(
-        "--wait-lock",
-        type=click.FloatRange(min=0),
-        default=0.0,
-        show_default=True,
-        metavar="SECONDS",
-        help="How long to wait for the checkpoint root's lock (held by a gc or a save's "
-        "retention); still busy after that: exit 75.",
-    )(fn)
 
 
 def _step_option(fn):  # type: ignore[no-untyped-def]
@@ -70,7 +59,7 @@ def _note(ctx: click.Context, param: click.Parameter, value: str | None) -> str 
     metavar="TEXT",
     help="Why it is kept, shown by 'kf-ckpt ls' (default: keep the note of an existing pin).",
 )
-@_wait_lock
+@wait_lock_option
 def pin(src: str, step: int | None, note: str | None, wait_lock: float) -> None:
     """Pin a checkpoint: retention (kf-ckpt gc, and training's own after each save) keeps it
     whatever its age, without using a keep_last_n slot.
@@ -93,7 +82,7 @@ def pin(src: str, step: int | None, note: str | None, wait_lock: float) -> None:
 @click.command("unpin")
 @click.argument("src", metavar="SRC")
 @_step_option
-@_wait_lock
+@wait_lock_option
 def unpin(src: str, step: int | None, wait_lock: float) -> None:
     """Remove the pin of a checkpoint: retention treats it as any other again, so the next gc
     may delete it.

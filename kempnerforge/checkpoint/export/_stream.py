@@ -20,7 +20,7 @@ import torch
 from kempnerforge.checkpoint.export._dcp_meta import load_tensors
 from kempnerforge.checkpoint.export._model_part import ModelPart, TensorEntry, plan_model_part
 from kempnerforge.checkpoint.export._plan import batches
-from kempnerforge.checkpoint.store.selection import leased_checkpoint
+from kempnerforge.checkpoint.store.resolve import leased_checkpoint
 from kempnerforge.errors import ConfigError, ExportError
 
 __all__ = [

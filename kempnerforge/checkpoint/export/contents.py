@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kempnerforge.checkpoint.export._model_part import GroupSummary, SelectionRule, plan_model_part
-from kempnerforge.checkpoint.store.selection import leased_checkpoint
+from kempnerforge.checkpoint.store.resolve import leased_checkpoint
 
 __all__ = [
     "CheckpointContents",

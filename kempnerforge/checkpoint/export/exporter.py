@@ -41,7 +41,7 @@ from kempnerforge.checkpoint.export._verify import (
     verify_file,
     verify_message,
 )
-from kempnerforge.checkpoint.store.selection import leased_checkpoint
+from kempnerforge.checkpoint.store.resolve import leased_checkpoint
 from kempnerforge.config.checkpoint import EXPORT_DTYPES
 from kempnerforge.errors import ConfigError, ExportError, VerifyError, describe_os_error
 

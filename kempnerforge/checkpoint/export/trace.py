@@ -36,7 +36,7 @@ from kempnerforge.checkpoint.export._stream import (
     source_of,
 )
 from kempnerforge.checkpoint.export._trace_select import ChosenSteps, select_steps
-from kempnerforge.checkpoint.store.selection import leased
+from kempnerforge.checkpoint.store.resolve import leased
 from kempnerforge.errors import ConfigError
 
 __all__ = ["StepSelection", "TraceResult", "TraceRow", "trace_checkpoints"]

@@ -1,104 +1,33 @@
-"""Crash-safe garbage collection: apply a retention plan under the root's lock (torch-free).
+"""Garbage collection of a root: scan, plan and delete under one hold of the root's lock.
 
-:func:`collect_garbage` is what the CheckpointManager calls after each save and what ``kf-ckpt
-gc`` runs: it takes the lock of the root once, then scans, plans and deletes under it, so no
-concurrent gc acts on a stale view. :func:`apply_plan` executes a plan made earlier (``kf-ckpt
-gc`` shows the plan, then applies it).
-
-Deleting one victim:
-
-1. re-check it under the lock: it still exists, is still a real directory (not a symlink)
-   directly inside the root, and is still neither the ``latest`` target nor pinned; otherwise
-   it is skipped;
-2. rename it into ``<root>/.kf-trash/`` (atomic); the root directory is fsync'ed once all
-   victims are moved, so the removal is durable before any file is unlinked;
-3. remove it from the trash with ``unlinkat``/``rmdir`` relative to directories opened with
-   ``O_NOFOLLOW``: a symlink is unlinked, never followed.
-
-A run killed at any point leaves every ``step_<N>`` in the root either untouched or gone, and
-the next run first finishes whatever is left in the trash.
-
-:func:`kempnerforge.checkpoint.store.background.retire_victims`, the training process's round
-(the manager's, after each save), plans from a light scan and stops after step 2
-(``defer_removal``), leaving step 3 to a background thread.
+:func:`collect_garbage` is what ``kf-ckpt gc`` runs: it takes the lock of the root once, then
+scans, plans and deletes under it, so no concurrent gc acts on a stale view. Before deleting, it
+gives every checkpoint the deletions depend on the full completeness check
+(:func:`verify_deletions`), so a corrupt checkpoint never stands in for good ones. The
+deletions themselves are :mod:`.apply`'s. The training process's own round
+(:func:`kempnerforge.checkpoint.store.background.retire_victims`) plans from a light scan and
+leaves the removal of the files to a background thread. Torch-free.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from kempnerforge.checkpoint.store._lock import ReaderGuard, hold_lock
-from kempnerforge.checkpoint.store._pending import pending_refusal, victim_name
-from kempnerforge.checkpoint.store._trash import (
-    clear_trash,
-    describe_error,
-    move_to_trash,
-    no_space,
-    open_trash,
-    remove_in_place,
-    remove_tree,
-)
+from kempnerforge.checkpoint.store._lock import hold_lock
+from kempnerforge.checkpoint.store.apply import ApplyResult, apply_locked
 from kempnerforge.checkpoint.store.catalog import Catalog, check_root, scan
-from kempnerforge.checkpoint.store.files import read_latest, unique_suffix
-from kempnerforge.checkpoint.store.layout import PIN_NAME, TRASH_NAME, step_dir_name
 from kempnerforge.checkpoint.store.retention import Decision, Reason, RetentionPlan, plan_retention
 from kempnerforge.checkpoint.store.swap import recover_swaps
 from kempnerforge.config.checkpoint import CheckpointConfig
-from kempnerforge.errors import RetentionError
 
 __all__ = [
-    "ApplyResult",
     "GcResult",
-    "NotDeleted",
-    "apply_locked",
-    "apply_plan",
     "collect_garbage",
     "hold_lock",
     "relied_upon",
     "verify_deletions",
 ]
-
-
-_VANISHED = "vanished"  # _recheck's verdict for a victim that is already gone
-
-
-@dataclass(frozen=True, kw_only=True)
-class NotDeleted:
-    """A victim that was not deleted, and why: it failed, or the re-check under the lock
-    refused it (not an error); :class:`ApplyResult` keeps the two apart."""
-
-    step: int
-    path: Path
-    reason: str
-
-
-@dataclass(frozen=True, kw_only=True)
-class ApplyResult:
-    """What applying a plan did."""
-
-    deleted: tuple[Decision, ...] = ()
-    vanished: tuple[Decision, ...] = ()
-    """Victims already gone when their turn came (counted as done, no bytes freed)."""
-    failed: tuple[NotDeleted, ...] = ()
-    skipped: tuple[NotDeleted, ...] = ()
-    bytes_freed: int = 0
-    trash_cleared: int = 0
-    """Entries left in the trash by an interrupted run that this run removed."""
-    in_trash: tuple[Decision, ...] = ()
-    """Victims renamed into the trash whose files are left for a background emptier
-    (:mod:`kempnerforge.checkpoint.store.background`): gone from the root, bytes not freed yet."""
-    in_place: bool = False
-    """The disk was too full to create the trash: victims were deleted where they were."""
-    warnings: tuple[str, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        """True when no deletion failed (skips and vanished victims are fine)."""
-        return not self.failed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -216,238 +145,3 @@ def relied_upon(plan: RetentionPlan) -> list[Decision]:
     relied = [d for d in plan.to_keep if d.reason is Reason.within_keep_last_n]
     newest = next((d for d in reversed(plan.decisions) if d.complete), None)
     return relied + ([newest] if newest is not None else [])
-
-
-def apply_plan(plan: RetentionPlan, *, wait_lock_s: float = 0.0) -> ApplyResult:
-    """Delete the victims of ``plan`` under the root's lock, re-checking each one first.
-
-    A victim that changed since the plan was made (gone, now ``latest``, now a symlink or a
-    file) is reported as vanished or skipped, never deleted blindly.
-
-    Example:
-        >>> plan = plan_retention(scan("runs/a/ckpt"), config)  # doctest: +SKIP
-        >>> print_plan(plan)  # a person looks at it first  # doctest: +SKIP
-        >>> result = apply_plan(plan, wait_lock_s=60)  # doctest: +SKIP
-        >>> result.ok, [d.step for d in result.deleted]  # doctest: +SKIP
-        (True, [100, 200])
-
-    Raises:
-        CheckpointRootError: the plan's root is missing or not a directory.
-        LockBusyError: another process holds the lock after ``wait_lock_s`` seconds.
-        RetentionError: the lock file or the trash cannot be used.
-    """
-    root = check_root(plan.root)
-    with hold_lock(root, wait_lock_s=wait_lock_s):
-        return apply_locked(plan)
-
-
-@dataclass(kw_only=True)
-class _Progress:
-    deleted: list[Decision]
-    vanished: list[Decision]
-    failed: list[NotDeleted]
-    skipped: list[NotDeleted]
-    in_place: bool = False
-
-
-def apply_locked(plan: RetentionPlan, *, defer_removal: bool = False) -> ApplyResult:
-    """:func:`apply_plan` for a caller that already holds the root's lock.
-
-    With ``defer_removal``, stop once the victims are renamed into the trash (durably) and
-    report them as :attr:`ApplyResult.in_trash`; leftovers of earlier runs stay there too.
-    """
-    root = plan.root
-    victims = plan.to_delete
-    progress = _Progress(deleted=[], vanished=[], failed=[], skipped=[])
-    try:
-        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise RetentionError(f"cannot open checkpoint root {root}: {exc.strerror}") from exc
-    try:
-        try:
-            trash_fd = open_trash(root_fd, create=bool(victims))
-        except RetentionError as exc:
-            if not no_space(exc):
-                raise
-            return _apply_in_place(root_fd, root, victims, progress)
-        if trash_fd is None:
-            return ApplyResult()
-        try:
-            cleared, warnings = (0, []) if defer_removal else clear_trash(trash_fd)
-            moved = _move_to_trash(root_fd, trash_fd, root, victims, progress)
-            if moved:
-                warnings += _sync(root_fd, trash_fd)  # renames durable before any file goes
-            in_trash = tuple(decision for decision, _ in moved) if defer_removal else ()
-            for decision, trash_name in [] if defer_removal else moved:
-                try:
-                    remove_tree(trash_fd, trash_name, is_dir=True)  # re-checked: a directory
-                    progress.deleted.append(decision)
-                except (OSError, RecursionError) as exc:
-                    why = describe_error(exc)
-                    reason = f"moved to {TRASH_NAME}/{trash_name}, not removed: {why}; gc retries"
-                    progress.failed.append(_failure(decision, reason))
-        finally:
-            os.close(trash_fd)
-        _drop_trash_if_empty(root_fd)
-    finally:
-        os.close(root_fd)
-    return ApplyResult(
-        deleted=tuple(progress.deleted),
-        vanished=tuple(progress.vanished),
-        failed=tuple(progress.failed),
-        skipped=tuple(progress.skipped),
-        bytes_freed=sum(d.size_bytes for d in progress.deleted),
-        trash_cleared=cleared,
-        in_trash=in_trash,
-        in_place=progress.in_place,
-        warnings=tuple(warnings + _in_place_warning(root, progress.in_place)),
-    )
-
-
-def _apply_in_place(
-    root_fd: int, root: Path, victims: tuple[Decision, ...], progress: _Progress
-) -> ApplyResult:
-    """Delete each victim where it is: the disk is too full to create the trash.
-
-    Each is re-checked as for the trash, then removed markers first (see
-    :func:`~kempnerforge.checkpoint.store._trash.remove_in_place`).
-    """
-    readers = ReaderGuard(root)
-    try:
-        for decision in victims:
-            name = step_dir_name(decision.step)
-            refusal = _recheck(root_fd, root, name, decision, readers)
-            if refusal is _VANISHED:
-                progress.vanished.append(decision)
-            elif refusal is not None:
-                progress.skipped.append(
-                    NotDeleted(step=decision.step, path=decision.path, reason=refusal)
-                )
-            else:
-                try:
-                    _delete_in_place(root_fd, name, decision, progress)
-                finally:
-                    readers.release(decision.step)
-    finally:
-        readers.close()
-    return ApplyResult(
-        deleted=tuple(progress.deleted),
-        vanished=tuple(progress.vanished),
-        failed=tuple(progress.failed),
-        skipped=tuple(progress.skipped),
-        bytes_freed=sum(d.size_bytes for d in progress.deleted),
-        in_place=True,
-        warnings=tuple(_in_place_warning(root, True)),
-    )
-
-
-def _in_place_warning(root: Path, in_place: bool) -> list[str]:
-    if not in_place:
-        return []
-    return [
-        f"no space for {TRASH_NAME} in {root}: deleted in place instead (completeness markers "
-        "first, so a half-deleted directory never looks complete)"
-    ]
-
-
-def _delete_in_place(root_fd: int, name: str, decision: Decision, progress: _Progress) -> None:
-    progress.in_place = True
-    try:
-        remove_in_place(root_fd, name)
-        progress.deleted.append(decision)
-    except (OSError, RecursionError) as exc:
-        why = describe_error(exc)
-        reason = f"deleting it in place failed: {why}; its marker is gone, gc retries"
-        progress.failed.append(_failure(decision, reason))
-
-
-def _move_to_trash(
-    root_fd: int,
-    trash_fd: int,
-    root: Path,
-    victims: tuple[Decision, ...],
-    progress: _Progress,
-) -> list[tuple[Decision, str]]:
-    """Re-check each victim and rename it into the trash; return (victim, trash name) pairs."""
-    moved: list[tuple[Decision, str]] = []
-    readers = ReaderGuard(root)
-    try:
-        for decision in victims:
-            name = victim_name(decision.path, decision.step)
-            refusal = _recheck(root_fd, root, name, decision, readers)
-            if refusal is _VANISHED:
-                progress.vanished.append(decision)
-                continue
-            if refusal is not None:
-                progress.skipped.append(
-                    NotDeleted(step=decision.step, path=decision.path, reason=refusal)
-                )
-                continue
-            trash_name = f"{name}.{unique_suffix()}"
-            try:
-                move_to_trash(root_fd, name, trash_fd, trash_name)
-            except FileNotFoundError:
-                progress.vanished.append(decision)
-                continue
-            except OSError as exc:
-                if no_space(exc):  # the rename needs room the disk no longer has
-                    _delete_in_place(root_fd, name, decision, progress)
-                else:
-                    progress.failed.append(
-                        _failure(decision, f"cannot move it: {describe_error(exc)}; untouched")
-                    )
-                continue
-            finally:
-                readers.release(decision.step)
-            moved.append((decision, trash_name))
-    finally:
-        readers.close()
-    return moved
-
-
-def _recheck(
-    root_fd: int, root: Path, name: str, decision: Decision, readers: ReaderGuard
-) -> str | None:
-    """Why ``decision``'s victim must not be deleted now, ``_VANISHED``, or None to go ahead.
-
-    Going ahead, the victim's read-lease byte is held (``readers.release`` it once it is moved):
-    an export or show that starts meanwhile waits, then finds it gone.
-    """
-    if decision.path != root / name:
-        return f"{decision.path} is not the directory {name} directly inside {root}"
-    try:
-        st = os.lstat(name, dir_fd=root_fd)
-    except FileNotFoundError:
-        return _VANISHED
-    if stat.S_ISLNK(st.st_mode):
-        return f"{name} is now a symlink; symlinks are never followed or deleted"
-    if not stat.S_ISDIR(st.st_mode):
-        return f"{name} is no longer a directory"
-    if name != step_dir_name(decision.step):
-        return pending_refusal(root, name)
-    if read_latest(root).step == decision.step:
-        return f"{name} is now the target of latest"
-    with contextlib.suppress(FileNotFoundError):
-        os.lstat(f"{name}/{PIN_NAME}", dir_fd=root_fd)
-        return f"{name} is now pinned"
-    if not readers.try_exclusive(decision.step):
-        return f"{name} is being read (an export or show holds a read lease); a later gc deletes it"
-    return None
-
-
-def _sync(*fds: int) -> list[str]:
-    try:
-        for fd in fds:
-            os.fsync(fd)
-    except OSError as exc:
-        return [f"fsync of the checkpoint root failed ({exc.strerror}); continuing"]
-    return []
-
-
-def _drop_trash_if_empty(root_fd: int) -> None:
-    with contextlib.suppress(OSError):  # not empty (something could not be removed), or gone
-        os.rmdir(TRASH_NAME, dir_fd=root_fd)
-
-
-def _failure(decision: Decision, reason: str) -> NotDeleted:
-    return NotDeleted(step=decision.step, path=decision.path, reason=reason)

@@ -22,7 +22,7 @@ from kempnerforge.checkpoint.store.layout import (
 )
 from kempnerforge.checkpoint.store.lineage import newest_on_lineage, published_after
 from kempnerforge.checkpoint.store.owner import read_owner
-from kempnerforge.checkpoint.store.selection import resolve_checkpoint
+from kempnerforge.checkpoint.store.resolve import resolve_checkpoint
 from kempnerforge.checkpoint.store.verify import verify_checkpoint
 from kempnerforge.errors import CheckpointNotFoundError, CorruptCheckpointError
 

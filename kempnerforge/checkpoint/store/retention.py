@@ -4,7 +4,7 @@
 :class:`~kempnerforge.config.checkpoint.CheckpointConfig` into a frozen
 :class:`RetentionPlan`. It touches no filesystem and reads no clock (the time of the scan is
 recorded in the catalog), so the same inputs always give the same plan;
-:func:`kempnerforge.checkpoint.store.collect.apply_plan` executes it. This is the one
+:func:`kempnerforge.checkpoint.store.apply.apply_plan` executes it. This is the one
 implementation of the
 rules, used by the CheckpointManager after each save and by ``kf-ckpt ls`` / ``kf-ckpt gc``.
 

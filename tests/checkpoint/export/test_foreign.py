@@ -25,7 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from kempnerforge.checkpoint.export import export_safetensors, inspect_checkpoint
 from kempnerforge.checkpoint.export._model_part import SelectionRule, plan_model_part
-from kempnerforge.checkpoint.store.selection import resolve_checkpoint
+from kempnerforge.checkpoint.store.resolve import resolve_checkpoint
 from kempnerforge.cli.main import cli
 from kempnerforge.errors import CheckpointNotFoundError, ExportError
 from tests.checkpoint.export._ckpt import dcp_save, trained_model, training_state

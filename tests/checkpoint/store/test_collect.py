@@ -18,13 +18,9 @@ from pathlib import Path
 import pytest
 
 from kempnerforge.checkpoint.manager._files import write_metadata
+from kempnerforge.checkpoint.store.apply import ApplyResult, apply_plan
 from kempnerforge.checkpoint.store.catalog import scan
-from kempnerforge.checkpoint.store.collect import (
-    ApplyResult,
-    apply_plan,
-    collect_garbage,
-    hold_lock,
-)
+from kempnerforge.checkpoint.store.collect import collect_garbage, hold_lock
 from kempnerforge.checkpoint.store.files import read_latest, update_latest
 from kempnerforge.checkpoint.store.layout import LOCK_NAME, TRASH_NAME
 from kempnerforge.checkpoint.store.owner import claim_root
@@ -412,7 +408,8 @@ def test_sigkill_mid_apply_leaves_no_partial_checkpoint(tmp_path: Path, kill_whe
 CONCURRENT_SCRIPT = """
     import json, pathlib, sys, time
     from kempnerforge.checkpoint.store.catalog import scan
-    from kempnerforge.checkpoint.store.collect import apply_plan, collect_garbage
+    from kempnerforge.checkpoint.store.collect import collect_garbage
+    from kempnerforge.checkpoint.store.apply import apply_plan
     from kempnerforge.checkpoint.store.retention import plan_retention
     from kempnerforge.config.checkpoint import CheckpointConfig
     root, go, out, mode = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3], sys.argv[4]

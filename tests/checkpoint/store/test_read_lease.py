@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kempnerforge.checkpoint.store.selection import leased, leased_checkpoint
+from kempnerforge.checkpoint.store.resolve import leased, leased_checkpoint
 from tests.checkpoint._trees import make_root
 
 GC = (
