@@ -29,9 +29,7 @@ from torch.distributed.checkpoint.metadata import (
 
 from kempnerforge.checkpoint.export._dcp_failure import describe_failure
 from kempnerforge.checkpoint.store._manifest import MAX_MANIFEST_BYTES, is_allowed_global
-from kempnerforge.checkpoint.store.layout import (
-    DCP_METADATA,
-)
+from kempnerforge.checkpoint.store.layout import DCP_METADATA
 from kempnerforge.errors import CorruptCheckpointError, ExportError
 
 if TYPE_CHECKING:

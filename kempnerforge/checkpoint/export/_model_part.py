@@ -27,11 +27,8 @@ from torch.distributed.checkpoint.metadata import (
 )
 
 from kempnerforge.checkpoint.export._dcp_meta import read_dcp_metadata
-from kempnerforge.checkpoint.store.layout import (
-    guess_step,
-    pp_stage_dirs,
-    read_metadata_json,
-)
+from kempnerforge.checkpoint.store.layout import guess_step, pp_stage_dirs
+from kempnerforge.checkpoint.store.recorded import read_metadata_json
 from kempnerforge.errors import ExportError
 
 __all__ = [

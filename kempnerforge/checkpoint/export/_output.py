@@ -21,7 +21,7 @@ from pathlib import Path
 
 from kempnerforge.checkpoint.export._safetensors_io import temp_path
 from kempnerforge.checkpoint.store.files import TempName, fsync_dir, parse_temp_name
-from kempnerforge.checkpoint.store.layout import managed_path_reason
+from kempnerforge.checkpoint.store.paths import managed_path_reason
 from kempnerforge.errors import ExportError, OutputExistsError, Remedy, UnsafeOutputError
 
 __all__ = [

@@ -11,12 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kempnerforge.checkpoint.store.catalog import check_root
-from kempnerforge.checkpoint.store.layout import (
-    check_complete,
-    list_step_dirs,
-    read_metadata_json,
-    recorded_pp_stages,
-)
+from kempnerforge.checkpoint.store.layout import check_complete, list_step_dirs
+from kempnerforge.checkpoint.store.recorded import read_metadata_json, recorded_pp_stages
 from kempnerforge.checkpoint.store.selection import select_config
 from kempnerforge.config.checkpoint import CheckpointConfig
 from kempnerforge.errors import CheckpointNotFoundError, ConfigError

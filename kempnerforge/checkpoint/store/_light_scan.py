@@ -47,11 +47,10 @@ from kempnerforge.checkpoint.store.layout import (
     assess_complete,
     parse_pending,
     parse_step,
-    pp_stages_of,
-    read_metadata_json,
 )
 from kempnerforge.checkpoint.store.lease import file_system_now
 from kempnerforge.checkpoint.store.owner import read_owner
+from kempnerforge.checkpoint.store.recorded import pp_stages_of, read_metadata_json
 from kempnerforge.errors import CheckpointRootError
 
 __all__ = ["probe_complete", "scan_light"]

@@ -29,14 +29,12 @@ from kempnerforge.checkpoint.store.layout import (
     METADATA_JSON,
     PIN_NAME,
     Completeness,
-    MetadataRead,
     assess_complete,
     parse_pp_stage,
-    pp_stages_of,
-    read_metadata_json,
 )
 from kempnerforge.checkpoint.store.metrics import recorded_metrics
 from kempnerforge.checkpoint.store.pins import read_pin
+from kempnerforge.checkpoint.store.recorded import MetadataRead, pp_stages_of, read_metadata_json
 
 __all__ = ["Stamp", "StepWalk", "checkpoint_fields", "stamp_of", "walk_step_dir"]
 

@@ -34,12 +34,12 @@ from kempnerforge.checkpoint.store.layout import (
     READERS_NAME,
     TRASH_NAME,
     holds_dcp_checkpoint,
-    is_checkpoint_dir,
     parse_pending,
     parse_step,
 )
 from kempnerforge.checkpoint.store.lease import file_system_now
 from kempnerforge.checkpoint.store.owner import Owner, read_owner
+from kempnerforge.checkpoint.store.paths import is_checkpoint_dir
 from kempnerforge.errors import CheckpointRootError
 
 if TYPE_CHECKING:

@@ -28,15 +28,12 @@ No torch import here: ``kf-ckpt ls`` and ``gc`` must start fast.
 from __future__ import annotations
 
 import contextlib
-import errno
-import json
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 __all__ = [
     "CACHE_NAME",
@@ -53,7 +50,6 @@ __all__ = [
     "TRAIN_STATE",
     "TRASH_NAME",
     "Completeness",
-    "MetadataRead",
     "PendingKind",
     "PendingName",
     "assess_complete",
@@ -61,18 +57,12 @@ __all__ = [
     "guess_step",
     "holds_dcp_checkpoint",
     "inflight_dir_name",
-    "is_checkpoint_dir",
-    "is_checkpoint_root",
     "list_foreign_checkpoints",
     "list_step_dirs",
-    "managed_path_reason",
     "parse_pending",
     "parse_pp_stage",
     "parse_step",
     "pp_stage_dirs",
-    "pp_stages_of",
-    "read_metadata_json",
-    "recorded_pp_stages",
     "replaced_dir_name",
     "step_dir_name",
 ]
@@ -106,9 +96,6 @@ _STEP_RE = re.compile(r"step_(\d+)")
 _FOREIGN_STEP_RE = re.compile(r"step[-_](\d+)")
 _PP_RE = re.compile(r"pp(\d+)")
 _PENDING_RE = re.compile(r"\.kf-(inflight|replaced)\.step_(\d+)\.([0-9a-f]{8,32})")
-_METADATA_MAX_BYTES = 16 * 2**20  # a metadata.json is a few kB; refuse to slurp a huge file
-_READ_CHUNK = 2**16
-_METADATA_MAX_DEPTH = 32  # ours nests 3 levels; deeper is hostile (and would recurse later)
 
 
 def step_dir_name(step: int) -> str:
@@ -269,80 +256,6 @@ def assess_complete(
     return Completeness(complete=True)
 
 
-@dataclass(frozen=True, kw_only=True)
-class MetadataRead:
-    """What ``metadata.json`` of a checkpoint says, or why it could not be read."""
-
-    data: dict[str, Any] | None
-    warning: str | None = None
-    missing: bool = False
-    """There is no metadata.json at all (as opposed to one that cannot be read)."""
-
-
-def read_metadata_json(step_dir: str | Path, *, dir_fd: int | None = None) -> MetadataRead:
-    """Read ``metadata.json``; a missing, unreadable or corrupt file is a warning, not a crash.
-
-    A symlink is never followed, a FIFO named ``metadata.json`` never blocks, and a file over
-    16 MiB is refused rather than read. With ``dir_fd``, a relative ``step_dir`` is resolved
-    from that open directory (as in :mod:`os`), which saves path lookups in large scans.
-    """
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    try:
-        fd = os.open(os.path.join(step_dir, METADATA_JSON), flags, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return MetadataRead(data=None, warning=f"no {METADATA_JSON}", missing=True)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:  # O_NOFOLLOW refused a symlink
-            return MetadataRead(data=None, warning=f"{METADATA_JSON} is a symlink; ignored")
-        return MetadataRead(data=None, warning=f"cannot read {METADATA_JSON}: {exc}")
-    try:
-        chunks = [os.read(fd, _READ_CHUNK)]
-        # No fstat: a short read of a regular file is its end (fast scans read thousands).
-        while len(chunks[-1]) == _READ_CHUNK:
-            if len(chunks) * _READ_CHUNK > _METADATA_MAX_BYTES:
-                limit = f"over the {_METADATA_MAX_BYTES} byte limit"
-                return MetadataRead(data=None, warning=f"{METADATA_JSON} is {limit}; ignored")
-            chunks.append(os.read(fd, _READ_CHUNK))
-        text = b"".join(chunks).decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return MetadataRead(data=None, warning=f"cannot read {METADATA_JSON}: {exc}")
-    finally:
-        os.close(fd)
-    try:
-        data = json.loads(text)
-    except RecursionError:
-        return MetadataRead(data=None, warning=f"corrupt {METADATA_JSON}: nested too deep")
-    except ValueError as exc:  # also an integer of more digits than Python converts
-        return MetadataRead(data=None, warning=f"corrupt {METADATA_JSON}: {exc}")
-    if not isinstance(data, dict):
-        return MetadataRead(data=None, warning=f"corrupt {METADATA_JSON}: not a JSON object")
-    if _deeper_than(data, _METADATA_MAX_DEPTH):
-        deep = f"nested deeper than {_METADATA_MAX_DEPTH} levels"
-        return MetadataRead(data=None, warning=f"corrupt {METADATA_JSON}: {deep}")
-    return MetadataRead(data=data)
-
-
-def _deeper_than(data: Any, limit: int) -> bool:
-    """Does ``data`` (parsed JSON) nest containers more than ``limit`` levels? (No recursion.)"""
-    level: list[Any] = [data]
-    for _ in range(limit):
-        level = [
-            child
-            for item in level
-            for child in (item.values() if isinstance(item, dict) else item)
-            if isinstance(child, dict | list)
-        ]
-        if not level:
-            return False
-    return True
-
-
-def pp_stages_of(data: Mapping[str, Any] | None) -> int | None:
-    """The ``pp_stages`` count a metadata.json document records, if it is a valid integer."""
-    stages = (data or {}).get("pp_stages")
-    return stages if isinstance(stages, int) and not isinstance(stages, bool) else None
-
-
 def list_step_dirs(root: Path) -> list[tuple[int, Path]]:
     """Direct children of ``root`` that are checkpoint directories, sorted by step.
 
@@ -355,85 +268,3 @@ def list_step_dirs(root: Path) -> list[tuple[int, Path]]:
             if step is not None and entry.is_dir(follow_symlinks=False):
                 found.append((step, Path(entry.path)))
     return sorted(found)
-
-
-def is_checkpoint_dir(path: Path) -> bool:
-    """Is ``path`` one checkpoint (a DCP tree), rather than a root that holds checkpoints?
-
-    True when it holds DCP's ``.metadata``, a ``metadata.json`` or ``pp<k>/`` stages, and no
-    ``step_<N>`` directory of its own (a root may itself be named like a step).
-    """
-    try:
-        with os.scandir(path) as it:
-            names = {entry.name: entry for entry in it}
-    except OSError:
-        return False
-    if any(
-        parse_step(name) is not None and entry.is_dir(follow_symlinks=False)
-        for name, entry in names.items()
-    ):
-        return False
-    return (
-        DCP_METADATA in names
-        or METADATA_JSON in names
-        or any(_PP_RE.fullmatch(name) for name in names)
-    )
-
-
-def is_checkpoint_root(path: Path) -> bool:
-    """Does ``path`` look like a checkpoint root (the toolkit's entries, or checkpoints in it)?"""
-    try:
-        with os.scandir(path) as it:
-            entries = list(it)
-    except OSError:
-        return False
-    names = {entry.name for entry in entries}
-    if names & {LOCK_NAME, TRASH_NAME, CACHE_NAME, LATEST_NAME, READERS_NAME, POLICY_NAME}:
-        return True
-    return any(
-        parse_step(entry.name) is not None
-        and entry.is_dir(follow_symlinks=False)
-        and is_checkpoint_dir(Path(entry.path))
-        for entry in entries
-    )
-
-
-def managed_path_reason(path: Path) -> str | None:
-    """Why nothing but the toolkit may write at ``path``, or None when it may be written.
-
-    ``path`` (which need not exist) is refused when it or a directory above it is an entry that
-    a checkpoint root manages: a ``step_<N>`` directory (a checkpoint, or what would look like a
-    new one), the trash, the lock, the scan cache or ``latest`` -- gc deletes or rewrites those
-    -- or a checkpoint directory anywhere (a DCP tree with its ``.metadata``).
-    """
-    absolute = Path(os.path.abspath(path))
-    for candidate in (absolute, *absolute.parents):
-        real = Path(os.path.realpath(candidate)) if os.path.lexists(candidate) else candidate
-        for current in {candidate, real}:
-            name, parent = current.name, current.parent
-            managed = parse_step(name) is not None or name in {
-                TRASH_NAME, LOCK_NAME, CACHE_NAME, LATEST_NAME, READERS_NAME, POLICY_NAME
-            }  # fmt: skip
-            if managed and is_checkpoint_root(parent):
-                return f"{current} is {_what(name)} of the checkpoint root {parent}"
-            if os.path.isdir(current) and (current / DCP_METADATA).exists():
-                return f"{current} is a checkpoint (it holds DCP {DCP_METADATA})"
-    return None
-
-
-def _what(name: str) -> str:
-    if parse_step(name) is not None:
-        return f"the checkpoint directory {name} (or would look like one)"
-    return {
-        TRASH_NAME: "the gc trash (emptied by every gc)",
-        LOCK_NAME: "the lock file",
-        READERS_NAME: "the read-lease file",
-        POLICY_NAME: "the retention policy file",
-        CACHE_NAME: "the scan cache",
-        LATEST_NAME: "the latest link",
-    }[name]
-
-
-def recorded_pp_stages(step_dir: Path) -> int | None:
-    """The number of pipeline stages recorded in ``metadata.json``, if any."""
-    return pp_stages_of(read_metadata_json(step_dir).data)

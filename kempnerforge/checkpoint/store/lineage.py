@@ -13,12 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kempnerforge.checkpoint.store.layout import (
-    list_step_dirs,
-    pp_stages_of,
-    read_metadata_json,
-)
+from kempnerforge.checkpoint.store.layout import list_step_dirs
 from kempnerforge.checkpoint.store.owner import Owner
+from kempnerforge.checkpoint.store.recorded import pp_stages_of, read_metadata_json
 from kempnerforge.checkpoint.store.verify import verify_checkpoint
 
 if TYPE_CHECKING:

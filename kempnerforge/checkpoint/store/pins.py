@@ -34,12 +34,8 @@ from typing import Any
 
 from kempnerforge.checkpoint.store.catalog import check_root
 from kempnerforge.checkpoint.store.files import fsync_dir, write_json_atomic
-from kempnerforge.checkpoint.store.layout import (
-    PIN_NAME,
-    check_complete,
-    recorded_pp_stages,
-    step_dir_name,
-)
+from kempnerforge.checkpoint.store.layout import PIN_NAME, check_complete, step_dir_name
+from kempnerforge.checkpoint.store.recorded import recorded_pp_stages
 from kempnerforge.errors import CheckpointNotFoundError
 
 __all__ = [

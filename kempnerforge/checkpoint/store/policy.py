@@ -42,9 +42,8 @@ from kempnerforge.checkpoint.store.layout import (
     POLICY_NAME,
     check_complete,
     list_step_dirs,
-    pp_stages_of,
-    read_metadata_json,
 )
+from kempnerforge.checkpoint.store.recorded import pp_stages_of, read_metadata_json
 from kempnerforge.config.checkpoint import CheckpointConfig
 from kempnerforge.config.loader import config_from_dict, config_to_dict
 from kempnerforge.errors import ConfigError

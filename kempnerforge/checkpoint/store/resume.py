@@ -14,14 +14,10 @@ import logging
 from pathlib import Path
 
 from kempnerforge.checkpoint.store.files import read_latest
-from kempnerforge.checkpoint.store.layout import (
-    list_step_dirs,
-    parse_step,
-    read_metadata_json,
-    step_dir_name,
-)
+from kempnerforge.checkpoint.store.layout import list_step_dirs, parse_step, step_dir_name
 from kempnerforge.checkpoint.store.lineage import newest_on_lineage, published_after
 from kempnerforge.checkpoint.store.owner import read_owner
+from kempnerforge.checkpoint.store.recorded import read_metadata_json
 from kempnerforge.checkpoint.store.resolve import resolve_checkpoint
 from kempnerforge.checkpoint.store.verify import verify_checkpoint
 from kempnerforge.errors import CheckpointNotFoundError, CorruptCheckpointError

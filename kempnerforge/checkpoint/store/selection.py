@@ -17,12 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kempnerforge.checkpoint.store.layout import (
-    METADATA_JSON,
-    list_step_dirs,
-    read_metadata_json,
-)
+from kempnerforge.checkpoint.store.layout import METADATA_JSON, list_step_dirs
 from kempnerforge.checkpoint.store.policy import read_policy
+from kempnerforge.checkpoint.store.recorded import read_metadata_json
 from kempnerforge.checkpoint.store.resolve import (
     resolve_checkpoint,
 )

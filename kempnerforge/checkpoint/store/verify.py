@@ -32,12 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kempnerforge.checkpoint.store._manifest import ManifestError, read_manifest
-from kempnerforge.checkpoint.store.layout import (
-    DCP_METADATA,
-    check_complete,
-    pp_stage_dirs,
-    recorded_pp_stages,
-)
+from kempnerforge.checkpoint.store.layout import DCP_METADATA, check_complete, pp_stage_dirs
+from kempnerforge.checkpoint.store.recorded import recorded_pp_stages
 
 if TYPE_CHECKING:
     from kempnerforge.checkpoint.store.catalog import Catalog

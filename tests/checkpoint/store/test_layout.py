@@ -15,10 +15,9 @@ from kempnerforge.checkpoint.store.layout import (
     check_complete,
     parse_pp_stage,
     parse_step,
-    pp_stages_of,
-    read_metadata_json,
     step_dir_name,
 )
+from kempnerforge.checkpoint.store.recorded import pp_stages_of, read_metadata_json
 from tests.checkpoint._trees import make_checkpoint, set_latest
 
 
