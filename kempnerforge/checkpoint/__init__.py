@@ -22,8 +22,9 @@ if TYPE_CHECKING:  # real types for type checkers and IDEs; at run time, __getat
     from kempnerforge.checkpoint.manager import CheckpointManager
     from kempnerforge.checkpoint.manager.async_save import AsyncCheckpointer
     from kempnerforge.checkpoint.store.apply import ApplyResult, apply_plan
-    from kempnerforge.checkpoint.store.catalog import Catalog, CheckpointInfo, SkippedEntry, scan
+    from kempnerforge.checkpoint.store.catalog import scan
     from kempnerforge.checkpoint.store.collect import GcResult, collect_garbage
+    from kempnerforge.checkpoint.store.records import Catalog, CheckpointInfo, SkippedEntry
     from kempnerforge.checkpoint.store.retention import (
         Action,
         Decision,
@@ -36,9 +37,9 @@ if TYPE_CHECKING:  # real types for type checkers and IDEs; at run time, __getat
 # name -> module; imported on first use, so that `kf-ckpt ls` pays only for what it uses and
 # nothing here imports torch until a manager or export name is asked for.
 _LAZY = {
-    "Catalog": "kempnerforge.checkpoint.store.catalog",
-    "CheckpointInfo": "kempnerforge.checkpoint.store.catalog",
-    "SkippedEntry": "kempnerforge.checkpoint.store.catalog",
+    "Catalog": "kempnerforge.checkpoint.store.records",
+    "CheckpointInfo": "kempnerforge.checkpoint.store.records",
+    "SkippedEntry": "kempnerforge.checkpoint.store.records",
     "scan": "kempnerforge.checkpoint.store.catalog",
     "Action": "kempnerforge.checkpoint.store.retention",
     "Decision": "kempnerforge.checkpoint.store.retention",

@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from kempnerforge.checkpoint.store.catalog import Catalog, PendingDir
+from kempnerforge.checkpoint.store.catalog import PendingDir
 from kempnerforge.checkpoint.store.layout import PendingKind
 from kempnerforge.checkpoint.store.lineage import off_lineage
+from kempnerforge.checkpoint.store.records import Catalog
 from kempnerforge.checkpoint.store.retention import Decision, Reason, RetentionPlan
 from kempnerforge.cli._render import human_age, human_bytes, plural
 

@@ -28,7 +28,7 @@ from kempnerforge.config.loader import config_to_dict
 from kempnerforge.errors import KempnerForgeError, Remedy
 
 if TYPE_CHECKING:
-    from kempnerforge.checkpoint.store.catalog import Catalog
+    from kempnerforge.checkpoint.store.records import Catalog
     from kempnerforge.checkpoint.store.retention import Reason
     from kempnerforge.checkpoint.store.selection import ConfigSelection
 

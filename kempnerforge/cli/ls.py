@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from kempnerforge.checkpoint.store.catalog import Catalog, CheckpointInfo
+from kempnerforge.checkpoint.store.records import Catalog, CheckpointInfo
 from kempnerforge.checkpoint.store.retention import Decision, Reason, RetentionPlan, plan_retention
 from kempnerforge.checkpoint.store.selection import ConfigSelection, scan_root
 from kempnerforge.cli._inflight import (

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from kempnerforge.checkpoint.store.catalog import Catalog, scan
+from kempnerforge.checkpoint.store.catalog import scan
+from kempnerforge.checkpoint.store.records import Catalog
 from kempnerforge.checkpoint.store.selection import scan_root, select_root
 from kempnerforge.cli._options import gc_paused
 from kempnerforge.cli.main import cli

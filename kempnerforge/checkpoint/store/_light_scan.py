@@ -35,12 +35,7 @@ from typing import Any
 from kempnerforge.checkpoint.store._pending import scan_pending
 from kempnerforge.checkpoint.store._scan_cache import ScanCache
 from kempnerforge.checkpoint.store._walk import StepWalk, checkpoint_fields, walk_step_dir
-from kempnerforge.checkpoint.store.catalog import (
-    Catalog,
-    CheckpointInfo,
-    _checkpoint_info,
-    check_root,
-)
+from kempnerforge.checkpoint.store.catalog import _checkpoint_info, check_root
 from kempnerforge.checkpoint.store.files import read_latest
 from kempnerforge.checkpoint.store.layout import (
     DCP_METADATA,
@@ -51,6 +46,7 @@ from kempnerforge.checkpoint.store.layout import (
 from kempnerforge.checkpoint.store.lease import file_system_now
 from kempnerforge.checkpoint.store.owner import read_owner
 from kempnerforge.checkpoint.store.recorded import pp_stages_of, read_metadata_json
+from kempnerforge.checkpoint.store.records import Catalog, CheckpointInfo
 from kempnerforge.errors import CheckpointRootError
 
 __all__ = ["probe_complete", "scan_light"]

@@ -1,7 +1,7 @@
 """One walk of a checkpoint directory: size, file count, newest mtime, completeness markers.
 
 :func:`checkpoint_fields` turns a walk and the checkpoint's metadata.json into the fields of a
-:class:`~kempnerforge.checkpoint.store.catalog.CheckpointInfo`.
+:class:`~kempnerforge.checkpoint.store.records.CheckpointInfo`.
 
 This is the hot loop of :func:`kempnerforge.checkpoint.store.catalog.scan` (thousands of
 checkpoints,

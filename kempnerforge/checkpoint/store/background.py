@@ -41,9 +41,10 @@ from kempnerforge.checkpoint.store._lock import hold_lock
 from kempnerforge.checkpoint.store._trash import clear_trash, open_trash
 from kempnerforge.checkpoint.store._walk import Stamp, stamp_of
 from kempnerforge.checkpoint.store.apply import apply_locked
-from kempnerforge.checkpoint.store.catalog import Catalog, check_root, scan
+from kempnerforge.checkpoint.store.catalog import check_root, scan
 from kempnerforge.checkpoint.store.collect import GcResult, relied_upon, verify_deletions
 from kempnerforge.checkpoint.store.layout import TRASH_NAME, step_dir_name
+from kempnerforge.checkpoint.store.records import Catalog
 from kempnerforge.checkpoint.store.retention import RetentionPlan, plan_retention
 from kempnerforge.config.checkpoint import CheckpointConfig
 from kempnerforge.errors import KempnerForgeError, LockBusyError

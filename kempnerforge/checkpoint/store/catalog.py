@@ -17,7 +17,6 @@ import os
 import stat
 import time
 from collections.abc import Collection
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,136 +37,15 @@ from kempnerforge.checkpoint.store.layout import (
     parse_step,
 )
 from kempnerforge.checkpoint.store.lease import file_system_now
-from kempnerforge.checkpoint.store.owner import Owner, read_owner
+from kempnerforge.checkpoint.store.owner import read_owner
 from kempnerforge.checkpoint.store.paths import is_checkpoint_dir
+from kempnerforge.checkpoint.store.records import Catalog, CheckpointInfo, SkippedEntry
 from kempnerforge.errors import CheckpointRootError
 
 if TYPE_CHECKING:
-    from kempnerforge.checkpoint.store.pins import Pin
+    pass
 
-__all__ = ["Catalog", "CheckpointInfo", "PendingDir", "SkippedEntry", "check_root", "scan"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class CheckpointInfo:
-    """One ``step_<N>`` directory as found on disk."""
-
-    step: int
-    path: Path
-    complete: bool
-    incomplete_reason: str | None
-    is_latest: bool
-    tokens_seen: int | None
-    dynamic_milestone: bool
-    """``"dynamic_milestone": true`` is recorded in its metadata.json."""
-    recorded_config: dict[str, Any] | None
-    """The ``"checkpoint"`` table recorded in its metadata.json (read-only: records taken from
-    the scan cache share one dict per distinct table)."""
-    size_bytes: int
-    file_count: int
-    mtime_s: float
-    """Newest modification time of the directory or anything in it (seconds since the epoch).
-
-    A save in progress keeps it fresh (DCP writes continuously): retention keeps an incomplete
-    checkpoint whose ``mtime_s`` is recent as in flight, see
-    :data:`kempnerforge.checkpoint.store.retention.IN_FLIGHT_GRACE_S`."""
-    warnings: tuple[str, ...] = ()
-    scan_error: str | None = None
-    """Why completeness could not be judged (the directory or a ``pp*/`` stage is unreadable)."""
-    metrics: dict[str, float | int | None] = field(default_factory=dict)
-    """The ``"metrics"`` recorded in its metadata.json (name -> number; None: not finite)."""
-    pin: Pin | None = None
-    """Its pin (:mod:`kempnerforge.checkpoint.store.pins`), None when it is not pinned."""
-    size_known: bool = True
-    """False when a light scan (the manager's retention round) did not walk this complete
-    checkpoint: ``size_bytes`` and ``file_count`` are then 0 and ``mtime_s`` is the directory's
-    own mtime (see :mod:`kempnerforge.checkpoint.store._light_scan`)."""
-    corrupt: bool = False
-    """Its marker is there but it is unusable (an empty or unreadable ``.metadata``, a missing
-    or short shard): never complete, never deleted automatically. ``incomplete_reason`` says
-    why. A scan finds empty markers; the rest takes the full check
-    (:mod:`kempnerforge.checkpoint.store.verify`)."""
-    verified: bool = False
-    """The full check passed (a scan alone checks only the markers)."""
-
-    @property
-    def pinned(self) -> bool:
-        """The checkpoint is pinned: retention keeps it."""
-        return self.pin is not None
-
-    run_id: str | None = None
-    """The ``run_id`` recorded in its metadata.json: the manager (owner token) that wrote it."""
-
-    @property
-    def name(self) -> str:
-        """The directory name, ``step_<N>``."""
-        return self.path.name
-
-
-@dataclass(frozen=True, kw_only=True)
-class SkippedEntry:
-    """A direct child of the root that is not a checkpoint; scan and gc never touch it."""
-
-    name: str
-    path: Path
-    reason: str
-    toolkit_entry: bool = False
-    """One of the toolkit's own entries (``latest``, the lock file, the trash)."""
-    dcp_checkpoint: bool = False
-    """A DCP checkpoint under a name that is not ``step_<N>`` (torchtitan's ``step-<N>``, a
-    renamed copy): never managed here, but it can be exported, shown and loaded."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class Catalog:
-    """Everything :func:`scan` found under one checkpoint root."""
-
-    root: Path
-    checkpoints: tuple[CheckpointInfo, ...]
-    """Sorted by step."""
-    skipped: tuple[SkippedEntry, ...]
-    latest: LatestLink
-    warnings: tuple[str, ...] = ()
-    trash_entries: int = 0
-    """Entries an interrupted gc left in ``.kf-trash`` (the next gc removes them)."""
-    scanned_at_s: float | None = None
-    """When the scan started (``time.time()``); None for a catalog not read from disk.
-
-    Retention measures how long ago an incomplete checkpoint was last written against it."""
-    pending: tuple[PendingDir, ...] = ()
-    """Saves in flight and old copies set aside by a swap (``.kf-inflight.*``, ``.kf-replaced.*``),
-    sorted by step."""
-    owner: Owner | None = None
-    """The job that owns the root (``.kf-owner``): its token and where its run resumed from."""
-    clock_s: float | None = None
-    """The file system's clock at the scan (:func:`~kempnerforge.checkpoint.store.lease.
-    file_system_now`), read only when something is incomplete or pending; None otherwise or
-    when the root cannot be written. Retention measures ages against it, skew-free."""
-    cache_hits: int = field(default=0, compare=False)
-    """Checkpoints taken from the scan cache instead of being walked (diagnostics only)."""
-    _by_step: dict[int, CheckpointInfo] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_by_step", {info.step: info for info in self.checkpoints})
-
-    @property
-    def newest_complete(self) -> CheckpointInfo | None:
-        """The complete checkpoint with the highest step, if any."""
-        return next((c for c in reversed(self.checkpoints) if c.complete), None)
-
-    @property
-    def latest_checkpoint(self) -> CheckpointInfo | None:
-        """The checkpoint ``latest`` names, when the link is honoured and the directory exists."""
-        return None if self.latest.step is None else self._by_step.get(self.latest.step)
-
-    @property
-    def total_size_bytes(self) -> int:
-        """Bytes held by all checkpoints."""
-        return sum(c.size_bytes for c in self.checkpoints)
-
-    def get(self, step: int) -> CheckpointInfo | None:
-        """The checkpoint of ``step``, if there is one."""
-        return self._by_step.get(step)
+__all__ = ["PendingDir", "check_root", "scan"]
 
 
 def check_root(root: str | Path) -> Path:

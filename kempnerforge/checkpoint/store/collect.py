@@ -16,7 +16,8 @@ from pathlib import Path
 
 from kempnerforge.checkpoint.store._lock import hold_lock
 from kempnerforge.checkpoint.store.apply import ApplyResult, apply_locked
-from kempnerforge.checkpoint.store.catalog import Catalog, check_root, scan
+from kempnerforge.checkpoint.store.catalog import check_root, scan
+from kempnerforge.checkpoint.store.records import Catalog
 from kempnerforge.checkpoint.store.retention import Decision, Reason, RetentionPlan, plan_retention
 from kempnerforge.checkpoint.store.swap import recover_swaps
 from kempnerforge.config.checkpoint import CheckpointConfig

@@ -19,7 +19,7 @@ from kempnerforge.checkpoint.store.recorded import pp_stages_of, read_metadata_j
 from kempnerforge.checkpoint.store.verify import verify_checkpoint
 
 if TYPE_CHECKING:
-    from kempnerforge.checkpoint.store.catalog import CheckpointInfo
+    from kempnerforge.checkpoint.store.records import CheckpointInfo
 
 __all__ = [
     "AgeClock",

@@ -1,6 +1,6 @@
 """Retention policy: which checkpoints to keep and which to delete, and why (pure, torch-free).
 
-:func:`plan_retention` turns a :class:`~kempnerforge.checkpoint.store.catalog.Catalog` and a
+:func:`plan_retention` turns a :class:`~kempnerforge.checkpoint.store.records.Catalog` and a
 :class:`~kempnerforge.config.checkpoint.CheckpointConfig` into a frozen
 :class:`RetentionPlan`. It touches no filesystem and reads no clock (the time of the scan is
 recorded in the catalog), so the same inputs always give the same plan;
@@ -45,9 +45,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from kempnerforge.checkpoint.store.catalog import Catalog, CheckpointInfo, PendingDir
+from kempnerforge.checkpoint.store.catalog import PendingDir
 from kempnerforge.checkpoint.store.layout import PendingKind
 from kempnerforge.checkpoint.store.lineage import AgeClock, off_lineage
+from kempnerforge.checkpoint.store.records import Catalog, CheckpointInfo
 from kempnerforge.config.checkpoint import CheckpointConfig
 
 __all__ = [

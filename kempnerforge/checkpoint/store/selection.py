@@ -28,7 +28,7 @@ from kempnerforge.config.loader import load_config, recorded_config_from_dict
 from kempnerforge.errors import CheckpointRootError, ConfigError, Remedy
 
 if TYPE_CHECKING:
-    from kempnerforge.checkpoint.store.catalog import Catalog
+    from kempnerforge.checkpoint.store.records import Catalog
 
 __all__ = [
     "ConfigSelection",

@@ -36,7 +36,7 @@ from kempnerforge.checkpoint.store.layout import DCP_METADATA, check_complete, p
 from kempnerforge.checkpoint.store.recorded import recorded_pp_stages
 
 if TYPE_CHECKING:
-    from kempnerforge.checkpoint.store.catalog import Catalog
+    from kempnerforge.checkpoint.store.records import Catalog
 
 __all__ = ["Verification", "verify_catalog", "verify_checkpoint"]
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from kempnerforge.checkpoint.store.catalog import Catalog, CheckpointInfo, check_root, scan
+from kempnerforge.checkpoint.store.catalog import check_root, scan
 from kempnerforge.checkpoint.store.files import update_latest
 from kempnerforge.checkpoint.store.layout import LOCK_NAME, TRASH_NAME
+from kempnerforge.checkpoint.store.records import Catalog, CheckpointInfo
 from kempnerforge.checkpoint.store.retention import Reason, plan_retention
 from kempnerforge.config.checkpoint import CheckpointConfig
 from kempnerforge.errors import CheckpointRootError

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from kempnerforge.checkpoint.store.catalog import Catalog, CheckpointInfo, SkippedEntry
 from kempnerforge.checkpoint.store.files import LatestLink
+from kempnerforge.checkpoint.store.records import Catalog, CheckpointInfo, SkippedEntry
 from kempnerforge.checkpoint.store.retention import (
     IN_FLIGHT_GRACE_S,
     Action,

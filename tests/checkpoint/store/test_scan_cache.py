@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from kempnerforge.checkpoint.store._walk import stamp_of
-from kempnerforge.checkpoint.store.catalog import Catalog, scan
+from kempnerforge.checkpoint.store.catalog import scan
 from kempnerforge.checkpoint.store.collect import collect_garbage
 from kempnerforge.checkpoint.store.files import temp_name, update_latest
 from kempnerforge.checkpoint.store.layout import CACHE_NAME, DCP_METADATA
+from kempnerforge.checkpoint.store.records import Catalog
 from kempnerforge.config.checkpoint import CheckpointConfig
 from tests.checkpoint._trees import (
     as_unprivileged,

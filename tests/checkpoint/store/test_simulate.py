@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from kempnerforge.checkpoint.store.catalog import Catalog, CheckpointInfo
 from kempnerforge.checkpoint.store.files import LatestLink
 from kempnerforge.checkpoint.store.layout import step_dir_name
 from kempnerforge.checkpoint.store.pins import Pin
+from kempnerforge.checkpoint.store.records import Catalog, CheckpointInfo
 from kempnerforge.checkpoint.store.retention import Reason, plan_retention
 from kempnerforge.checkpoint.store.simulate import save_steps, simulate_run
 from kempnerforge.config.checkpoint import CheckpointConfig, DynamicCheckpointWindow
