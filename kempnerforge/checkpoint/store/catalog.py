@@ -251,6 +251,7 @@ def _checkpoint_info(fields: dict[str, Any]) -> CheckpointInfo:
     ``__post_init__``, so filling the instance dict directly makes the same record
     (``tests/checkpoint/test_catalog.py`` checks that it equals the constructor's).
     """
+    # Measured: warm scan+plan of 2,000 checkpoints 70 ms with both bypasses, 80 ms without.
     info = object.__new__(CheckpointInfo)
     info.__dict__.update(fields)
     return info
