@@ -14,6 +14,7 @@ __all__ = [
     "gc_paused",
     "parse_size",
     "selection_options",
+    "step_option",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -25,6 +26,13 @@ _UNITS = {
     "T": 10**12, "TB": 10**12,
     "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
 }  # fmt: skip
+
+
+def step_option(
+    help: str = "The step to read when SRC is a checkpoint root (default: the newest complete).",
+) -> Callable[[F], F]:
+    """``--step N``: which checkpoint of a root a command means."""
+    return click.option("--step", type=click.IntRange(min=0), default=None, metavar="N", help=help)
 
 
 def wait_lock_option(fn: F) -> F:

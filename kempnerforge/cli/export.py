@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from kempnerforge.cli._options import config_options, parse_size, selection_options
+from kempnerforge.cli._options import config_options, parse_size, selection_options, step_option
 from kempnerforge.cli._render import human_bytes
 from kempnerforge.config.checkpoint import EXPORT_DTYPES
 
@@ -30,12 +30,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
 @click.command()
 @click.argument("src", required=False, type=click.Path(path_type=str))
 @config_options
-@click.option(
-    "--step",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Step to export (default: the newest complete).",
-)
+@step_option()
 @click.option(
     "-o",
     "--output",

@@ -11,19 +11,13 @@ import click
 
 from kempnerforge.checkpoint.store.pins import MAX_NOTE_CHARS, pin_checkpoint, unpin_checkpoint
 from kempnerforge.checkpoint.store.resolve import split_checkpoint_path
-from kempnerforge.cli._options import wait_lock_option
+from kempnerforge.cli._options import step_option, wait_lock_option
 
 __all__ = ["pin", "unpin"]
 
 
 def _step_option(fn):  # type: ignore[no-untyped-def]
-    return click.option(
-        "--step",
-        type=click.IntRange(min=0),
-        default=None,
-        metavar="N",
-        help="The checkpoint's step, when SRC is the checkpoint root.",
-    )(fn)
+    return step_option("The checkpoint's step, when SRC is the checkpoint root.")(fn)
 
 
 def _target(src: str, step: int | None) -> tuple[Path, int]:

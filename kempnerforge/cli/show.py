@@ -11,7 +11,7 @@ import json
 
 import click
 
-from kempnerforge.cli._options import selection_options
+from kempnerforge.cli._options import selection_options, step_option
 from kempnerforge.cli._render import human_bytes, render_table, rule_text
 from kempnerforge.cli._text import escape
 
@@ -20,12 +20,7 @@ __all__ = ["show"]
 
 @click.command()
 @click.argument("src", type=click.Path(path_type=str))
-@click.option(
-    "--step",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Step to show (default: the newest complete).",
-)
+@step_option()
 @selection_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
 def show(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from kempnerforge.cli._inspect import echo_notes, progress_bar, step_note
-from kempnerforge.cli._options import selection_options
+from kempnerforge.cli._options import selection_options, step_option
 from kempnerforge.cli._render import echo_json, human_float, render_table
 
 __all__ = ["stats"]
@@ -17,12 +17,7 @@ __all__ = ["stats"]
 
 @click.command()
 @click.argument("src", type=click.Path(path_type=str))
-@click.option(
-    "--step",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Step of a root to read (default: the newest complete).",
-)
+@step_option()
 @selection_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
 @click.option(

@@ -11,6 +11,7 @@ leaves the removal of the files to a background thread. Torch-free.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,21 +91,12 @@ def _verified_plan(root: Path, config: CheckpointConfig | None) -> tuple[Catalog
     deletions rest on verified checkpoints only.
     """
     catalog = scan(root)
-    plan = plan_retention(catalog, config)
-    checked: set[int] = set()
-    while plan.to_delete:
-        oldest = plan.to_delete[0].step
-        pending = {
-            c.step
-            for c in catalog.checkpoints
-            if c.complete and not c.verified and c.step >= oldest and c.step not in checked
-        }
-        if not pending:
-            break
-        catalog = scan(root, verify=pending)
-        checked |= pending
-        plan = plan_retention(catalog, config)
-    return catalog, plan
+    return _until_verified(
+        catalog,
+        plan_retention(catalog, config),
+        config,
+        lambda _catalog, pending: scan(root, verify=pending),
+    )
 
 
 def verify_deletions(
@@ -124,6 +116,25 @@ def verify_deletions(
     """
     from kempnerforge.checkpoint.store.verify import verify_catalog
 
+    return _until_verified(
+        catalog,
+        plan,
+        config,
+        lambda current, pending: verify_catalog(current, pending, shards=shards),
+    )
+
+
+def _until_verified(
+    catalog: Catalog,
+    plan: RetentionPlan,
+    config: CheckpointConfig | None,
+    recheck: Callable[[Catalog, set[int]], Catalog],
+) -> tuple[Catalog, RetentionPlan]:
+    """Re-plan until the deletions rest on verified checkpoints only.
+
+    Each round hands ``recheck`` the complete, not yet verified checkpoints at or above the
+    oldest victim (each at most once) and plans again from the catalog it returns.
+    """
     checked: set[int] = set()
     while plan.to_delete:
         oldest = plan.to_delete[0].step
@@ -134,7 +145,7 @@ def verify_deletions(
         }
         if not pending:
             break
-        catalog = verify_catalog(catalog, pending, shards=shards)
+        catalog = recheck(catalog, pending)
         checked |= pending
         plan = plan_retention(catalog, config)
     return catalog, plan
