@@ -155,6 +155,25 @@ def test_every_public_module_has_an_api_page() -> None:
     assert missing == [], "modules without a page under docs/reference/api/"
 
 
+def test_every_api_page_documents_a_public_module_that_exists() -> None:
+    """No page is left behind when a module moves, is renamed or goes private."""
+    import importlib.util
+
+    stale = []
+    for page in sorted((DOCS / "reference" / "api").glob("*.rst")):
+        text = page.read_text(encoding="utf-8")
+        directive = re.search(r"^\.\. automodule:: (\S+)", text, re.M)
+        name = page.stem
+        if (
+            directive is None
+            or directive.group(1) != name
+            or any(part.startswith("_") for part in name.split("."))
+            or importlib.util.find_spec(name) is None
+        ):
+            stale.append(page.name)
+    assert stale == [], "API pages naming no public module (or another module than their name)"
+
+
 def test_every_page_is_in_a_toctree() -> None:
     """Sphinx only warns about orphans when it builds; catch them here too."""
     listed: set[str] = {"index"}

@@ -6,19 +6,20 @@ A save is written into its own in-flight directory (``.kf-inflight.step_N.<id>/`
 model and optimizer shards and, last, its ``.metadata``. Once every rank agrees the save
 succeeded, rank 0 publishes it: under the root's lock, and only while this manager still owns the
 root, the directory is renamed to ``step_N`` (an older ``step_N`` is swapped out only now) and
-``latest`` moves forward; then retention runs (``checkpoint.gc``). In the async modes the ranks
-first agree that staging succeeded everywhere, then flush in the background; rank 0 publishes
-from the flush thread as soon as the checkpoint is complete on disk, and retention runs at the
-next ``save()``, ``wait()`` or ``flush_pending_save()``. See ``docs/guides/preemption.rst``.
+``latest`` moves forward; then retention runs (:mod:`~kempnerforge.checkpoint.store.background`).
+In the async modes the ranks first agree that staging succeeded everywhere, then flush in the
+background; rank 0 publishes from the flush thread as soon as the checkpoint is complete on disk,
+and retention runs at the next ``save()``, ``wait()`` or ``flush_pending_save()``. See
+``docs/guides/preemption.rst``.
 
 Example:
     >>> manager = CheckpointManager(config, model, optimizer)  # doctest: +SKIP
-    >>> step, tokens_seen, extra = manager.load()  # (0, 0, {}) on a fresh run
-    >>> for step in range(step + 1, max_steps + 1):
-    ...     tokens_seen += train_step()
+    >>> step, tokens_seen, extra = manager.load()  # (0, 0, {}) on a fresh run  # doctest: +SKIP
+    >>> for step in range(step + 1, max_steps + 1):  # doctest: +SKIP
+    ...     tokens_seen += tokens_per_step  # after this step's forward, backward, optimizer step
     ...     if config.should_save(step):
     ...         manager.save(step, tokens_seen, scheduler=scheduler)
-    >>> manager.close()  # finishes a background save
+    >>> manager.close()  # finishes a background save  # doctest: +SKIP
 """
 
 from __future__ import annotations

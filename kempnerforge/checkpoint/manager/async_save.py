@@ -10,10 +10,10 @@ next save; with ``pinned=True`` they are page-locked for fast device-to-host cop
 
 Example:
     >>> checkpointer = AsyncCheckpointer(process_group=gloo_group)  # doctest: +SKIP
-    >>> staged = checkpointer.stage(state_dict)  # a host copy; training may go on
-    >>> checkpointer.start(staged, checkpoint_id=path, step=100)  # the flush runs
-    >>> ...  # train on
-    >>> checkpointer.wait()  # 100: the flush is durable (raises if it failed)
+    >>> staged = checkpointer.stage(state_dict)  # a host copy; training goes on  # doctest: +SKIP
+    >>> checkpointer.start(staged, checkpoint_id=path, step=100)  # the flush runs  # doctest: +SKIP
+    >>> checkpointer.wait()  # the flush is durable (raises if it failed)  # doctest: +SKIP
+    100
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ def hold_lock(root: Path, *, wait_lock_s: float = 0.0, name: str = LOCK_NAME) ->
 
     Example:
         >>> with hold_lock(Path("runs/a/ckpt"), wait_lock_s=30):  # doctest: +SKIP
-        ...     replace_a_checkpoint_directory()
+        ...     ...  # replace a checkpoint directory
 
     Raises:
         LockBusyError: another process still holds the lock after ``wait_lock_s`` seconds.

@@ -89,8 +89,10 @@ def apply_plan(plan: RetentionPlan, *, wait_lock_s: float = 0.0) -> ApplyResult:
     file) is reported as vanished or skipped, never deleted blindly.
 
     Example:
+        >>> from kempnerforge.checkpoint.store.catalog import scan
+        >>> from kempnerforge.checkpoint.store.retention import plan_retention
         >>> plan = plan_retention(scan("runs/a/ckpt"), config)  # doctest: +SKIP
-        >>> print_plan(plan)  # a person looks at it first  # doctest: +SKIP
+        >>> [(d.step, d.action.value) for d in plan.decisions]  # look first  # doctest: +SKIP
         >>> result = apply_plan(plan, wait_lock_s=60)  # doctest: +SKIP
         >>> result.ok, [d.step for d in result.deleted]  # doctest: +SKIP
         (True, [100, 200])

@@ -124,7 +124,7 @@ class BackgroundRetention:
 
     Example:
         >>> retention = BackgroundRetention("runs/a/ckpt")  # doctest: +SKIP
-        >>> retention.run_round(config)  # after a save: victims renamed, deletion started
+        >>> retention.run_round(config)  # after a save: renamed, deleting  # doctest: +SKIP
         >>> retention.close()  # end of the run: waits for the deletion  # doctest: +SKIP
     """
 

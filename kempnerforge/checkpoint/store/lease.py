@@ -265,8 +265,7 @@ class Heartbeat:
 
     Example:
         >>> beat = Heartbeat(save_dir / ".kf-lease")  # doctest: +SKIP
-        >>> ...  # the save is written
-        >>> beat.stop()
+        >>> beat.stop()  # the save is written  # doctest: +SKIP
     """
 
     def __init__(self, path: Path, interval_s: float = LEASE_HEARTBEAT_S) -> None:

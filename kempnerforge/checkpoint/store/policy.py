@@ -148,6 +148,7 @@ def mark_root(
         RetentionError: the lock file cannot be used.
 
     Example:
+        >>> from kempnerforge.config import load_config
         >>> result = mark_root("runs/upstream/ckpt", load_config("job.toml"))  # doctest: +SKIP
         >>> result.marked, result.policy_path  # doctest: +SKIP
         ((0, 1, 2, 4, 8), PosixPath('runs/upstream/ckpt/.kf-ckpt.policy'))
