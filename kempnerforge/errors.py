@@ -28,7 +28,6 @@ __all__ = [
     "describe_os_error",
 ]
 
-EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_LOCK_BUSY = 75  # EX_TEMPFAIL: cron should retry later.

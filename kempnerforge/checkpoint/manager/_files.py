@@ -7,7 +7,6 @@ its run resumed from). Torch-free.
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,6 @@ from kempnerforge.config.checkpoint import CheckpointConfig
 from kempnerforge.config.loader import config_to_dict
 
 __all__ = ["FORMAT_VERSION", "resumed_from_document", "write_metadata"]
-
-logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 

@@ -26,7 +26,6 @@ __all__ = [
     "newest_on_lineage",
     "off_lineage",
     "published_after",
-    "recorded_run_id",
 ]
 
 
@@ -39,12 +38,6 @@ def off_lineage(step: int, run_id: str | None, owner: Owner | None) -> bool:
     if owner is None or owner.resumed_from is None:
         return False
     return step > owner.resumed_from and run_id != owner.token
-
-
-def recorded_run_id(step_dir: Path) -> str | None:
-    """The ``run_id`` recorded in a checkpoint's metadata.json, if any."""
-    run_id = (read_metadata_json(step_dir).data or {}).get("run_id")
-    return run_id if isinstance(run_id, str) else None
 
 
 def _complete(step_dir: Path, skipped: list[str] | None = None) -> tuple[bool, str | None]:

@@ -65,7 +65,6 @@ logger = logging.getLogger(__name__)
 
 PUBLISH_LOCK_WAIT_S = 300.0
 """How long publishing (or taking ownership) waits for a ``kf-ckpt gc`` holding the lock."""
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 @dataclass(frozen=True, kw_only=True)
