@@ -49,7 +49,7 @@ class Remedy(StrEnum):
     """What the caller can do about an error, named without naming a command-line flag.
 
     Library messages reach training logs, where ``--force`` means nothing; the CLI turns a
-    remedy into the flag that applies (``kempnerforge.cli._render.REMEDY_HINTS``).
+    remedy into the flag that applies (``kempnerforge.cli.render.REMEDY_HINTS``).
     """
 
     force = "force"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from click.testing import CliRunner, Result
 
-from kempnerforge.cli._render import NOW_ENV
 from kempnerforge.cli.main import cli
+from kempnerforge.cli.render import NOW_ENV
 
 KF_CKPT = str(Path(sys.executable).with_name("kf-ckpt"))
 """The installed console script, next to this interpreter."""

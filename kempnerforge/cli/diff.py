@@ -1,21 +1,17 @@
 """``kf-ckpt diff``: how far the model moved between two checkpoints, per tensor or group.
 
-Thin: parse, call :func:`kempnerforge.checkpoint.export.diff.diff_checkpoints`, render a table
-(or JSON). torch is imported only when the command runs.
+Thin: parse, call :func:`kempnerforge.checkpoint.export.diff.diff_checkpoints`, render with
+:mod:`kempnerforge.cli.render.diff` (a table, or JSON). torch is imported only when the command
+runs.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import click
 
-from kempnerforge.cli._inspect import echo_notes, progress_bar, step_note
 from kempnerforge.cli._options import selection_options
-from kempnerforge.cli._render import echo_json, human_float, render_table
-
-if TYPE_CHECKING:
-    from kempnerforge.checkpoint.export.diff import DiffRow
+from kempnerforge.cli.render import echo_json, echo_notes, progress_bar
+from kempnerforge.cli.render.diff import diff_text
 
 __all__ = ["diff"]
 
@@ -96,23 +92,5 @@ def diff(
     echo_notes(result.notes)
     if as_json:
         echo_json(result.to_json())
-        return
-    click.echo(f"A: {result.path_a}{step_note(result.step_a)}")
-    click.echo(f"B: {result.path_b}{step_note(result.step_b)}")
-    headers = ("name", "l2_a", "l2_b", "l2_diff", "rel_diff", "cosine", "max_abs_diff")
-    rows = [_cells(row) for row in (*result.rows, result.total)]
-    click.echo(render_table(rows, headers, "l" + "r" * 6))
-    groups = len({r.name for r in result.rows})
-    if top is not None:
-        click.echo(f"(first {groups} rows by {sort}; total over all {result.matched} tensors)")
-    if result.only_in_a:
-        click.echo(f"only in A ({len(result.only_in_a)}): {', '.join(result.only_in_a)}")
-    if result.only_in_b:
-        click.echo(f"only in B ({len(result.only_in_b)}): {', '.join(result.only_in_b)}")
-    for m in result.shape_mismatch:
-        click.echo(f"shape mismatch: {m.name} {list(m.shape_a)} in A, {list(m.shape_b)} in B")
-
-
-def _cells(row: DiffRow) -> tuple[str, ...]:
-    numbers = (row.l2_a, row.l2_b, row.l2_diff, row.rel_diff, row.cosine, row.max_abs_diff)
-    return (row.name, *map(human_float, numbers))
+    else:
+        click.echo(diff_text(result, sort=sort, top=top))

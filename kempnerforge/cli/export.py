@@ -1,23 +1,20 @@
 """``kf-ckpt export``: stream a checkpoint's model weights into safetensors.
 
 Thin: parse the options, pick the config (for the default dtype), call
-:func:`kempnerforge.checkpoint.export.exporter.export_safetensors`, render its summary. torch is
-imported
-only when the command runs, so that ``kf-ckpt --help`` stays fast.
+:func:`kempnerforge.checkpoint.export.exporter.export_safetensors`, render its summary with
+:mod:`kempnerforge.cli.render.export`. torch is imported only when the command runs, so that
+``kf-ckpt --help`` stays fast.
 """
 
 from __future__ import annotations
 
-import contextlib
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
 from kempnerforge.cli._options import config_options, parse_size, selection_options, step_option
-from kempnerforge.cli._render import human_bytes
+from kempnerforge.cli.render import echo_notes, progress_bar
+from kempnerforge.cli.render.export import export_summary
 from kempnerforge.config.checkpoint import EXPORT_DTYPES
 
 __all__ = ["export"]
@@ -84,7 +81,7 @@ def export(
     from kempnerforge.checkpoint.store.selection import select_checkpoint
 
     step_dir, selection = select_checkpoint(src, config_path, overrides, step)
-    with contextlib.ExitStack() as stack:
+    with progress_bar("exporting") as progress:
         result = export_safetensors(
             step_dir,
             output,
@@ -92,35 +89,9 @@ def export(
             max_shard_size=max_shard_size,
             force=force,
             verify=verify,
-            progress=_progress_bar(stack) if sys.stderr.isatty() else None,
+            progress=progress,
             include=include,
             exclude=exclude,
         )
-    for note in result.notes:
-        click.echo(f"kf-ckpt: note: {note}", err=True)
-    files = "1 file" if len(result.files) == 1 else f"{len(result.files)} files"
-    click.echo(
-        f"exported {result.tensors} tensors ({human_bytes(result.size_bytes)}, {result.dtype}) "
-        f"of {_which(result.step, result.step_dir)} to {result.output} in {files}, "
-        f"{result.elapsed_s:.1f} s" + ("; verified" if result.verified else ""),
-        err=True,
-    )
-
-
-def _which(step: int | None, step_dir: Path) -> str:
-    return f"step {step}" if step is not None else str(step_dir)
-
-
-def _progress_bar(stack: contextlib.ExitStack) -> Callable[[int, int], None]:
-    """A ``progress(done_bytes, total_bytes)`` callback drawing a bar on stderr."""
-    bar: Any = None
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = stack.enter_context(
-                click.progressbar(length=total, label="exporting", file=sys.stderr, show_pos=False)
-            )
-        bar.update(done - bar.pos)
-
-    return progress
+    echo_notes(result.notes)
+    click.echo(export_summary(result), err=True)

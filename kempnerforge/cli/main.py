@@ -57,7 +57,7 @@ class _LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except KempnerForgeError as exc:
-            from kempnerforge.cli._render import error_text  # not on the --help path
+            from kempnerforge.cli.render import error_text  # not on the --help path
 
             click.echo(f"kf-ckpt: error: {escape(error_text(exc))}", err=True)
             ctx.exit(exc.exit_code)

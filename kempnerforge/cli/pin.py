@@ -1,6 +1,7 @@
 """``kf-ckpt pin`` and ``kf-ckpt unpin``: keep one checkpoint whatever retention says (no torch).
 
-Both are thin shells over :mod:`kempnerforge.checkpoint.store.pins`, which takes the root's lock.
+Both are thin shells over :mod:`kempnerforge.checkpoint.store.pins`, which takes the root's lock,
+rendered with :mod:`kempnerforge.cli.render.pin`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import click
 from kempnerforge.checkpoint.store.pins import MAX_NOTE_CHARS, pin_checkpoint, unpin_checkpoint
 from kempnerforge.checkpoint.store.resolve import split_checkpoint_path
 from kempnerforge.cli._options import step_option, wait_lock_option
+from kempnerforge.cli.render.pin import pin_text, unpin_text
 
 __all__ = ["pin", "unpin"]
 
@@ -67,10 +69,7 @@ def pin(src: str, step: int | None, note: str | None, wait_lock: float) -> None:
     Example: kf-ckpt pin runs/llama/checkpoints --step 1500 --note "best eval loss 2.31"
     """
     root, target = _target(src, step)
-    result = pin_checkpoint(root, target, note=note, wait_lock_s=wait_lock)
-    verb = "updated the pin of" if result.previous is not None else "pinned"
-    note_text = f": {result.pin.note}" if result.pin.note else ""
-    click.echo(f"{verb} step {result.step} ({result.path}){note_text}")
+    click.echo(pin_text(pin_checkpoint(root, target, note=note, wait_lock_s=wait_lock)))
 
 
 @click.command("unpin")
@@ -88,9 +87,4 @@ def unpin(src: str, step: int | None, wait_lock: float) -> None:
     Example: kf-ckpt unpin runs/llama/checkpoints --step 1500
     """
     root, target = _target(src, step)
-    result = unpin_checkpoint(root, target, wait_lock_s=wait_lock)
-    if result.removed is None:
-        click.echo(f"step {result.step} ({result.path}) is not pinned; nothing to do")
-    else:
-        note_text = f" (note was: {result.removed.note})" if result.removed.note else ""
-        click.echo(f"unpinned step {result.step} ({result.path}){note_text}")
+    click.echo(unpin_text(unpin_checkpoint(root, target, wait_lock_s=wait_lock)))

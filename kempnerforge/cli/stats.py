@@ -1,16 +1,17 @@
 """``kf-ckpt stats``: per-tensor statistics of a checkpoint's model part.
 
-Thin: parse, call :func:`kempnerforge.checkpoint.export.stats.checkpoint_stats`, render a table
-(or JSON). torch is imported only when the command runs.
+Thin: parse, call :func:`kempnerforge.checkpoint.export.stats.checkpoint_stats`, render with
+:mod:`kempnerforge.cli.render.stats` (a table, or JSON). torch is imported only when the command
+runs.
 """
 
 from __future__ import annotations
 
 import click
 
-from kempnerforge.cli._inspect import echo_notes, progress_bar, step_note
 from kempnerforge.cli._options import selection_options, step_option
-from kempnerforge.cli._render import echo_json, human_float, render_table
+from kempnerforge.cli.render import echo_json, echo_notes, progress_bar
+from kempnerforge.cli.render.stats import nonfinite_error, stats_text
 
 __all__ = ["stats"]
 
@@ -49,32 +50,7 @@ def stats(
     if as_json:
         echo_json(result.to_json())
     else:
-        rows = [
-            (
-                t.name,
-                "[" + ", ".join(map(str, t.shape)) + "]",
-                t.dtype,
-                *(human_float(v) for v in (t.l2_norm, t.mean, t.std, t.min, t.max, t.abs_max)),
-                t.nan_count,
-                t.inf_count,
-                t.zero_count,
-            )
-            for t in result.tensors
-        ]
-        headers = ("name", "shape", "dtype", "l2_norm", "mean", "std", "min", "max", "abs_max",
-                   "nan", "inf", "zeros")  # fmt: skip
-        click.echo(f"{result.source}{step_note(result.step)}")
-        click.echo(render_table(rows, headers, "lll" + "r" * 9))
-        total = result.total
-        click.echo(
-            f"total: {total.tensors} tensors, {total.numel:,} values, "
-            f"l2_norm {human_float(total.l2_norm)}, {total.nan_count} NaN, "
-            f"{total.inf_count} Inf"
-        )
+        click.echo(stats_text(result))
     if fail_on_nonfinite and result.nonfinite:
-        click.echo(
-            f"kf-ckpt: error: {result.source} holds {result.total.nan_count} NaN and "
-            f"{result.total.inf_count} Inf values; see the nan and inf columns",
-            err=True,
-        )
+        click.echo(f"kf-ckpt: error: {nonfinite_error(result)}", err=True)
         raise click.exceptions.Exit(1)

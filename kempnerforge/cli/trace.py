@@ -1,24 +1,21 @@
 """``kf-ckpt trace``: weight norms and relative changes across a run's checkpoints.
 
-Thin: parse, call :func:`kempnerforge.checkpoint.export.trace.trace_checkpoints`, render a table
-with sparklines (or JSON, or CSV), and draw the figure with
-:func:`kempnerforge.checkpoint.export.trace_plot.plot_trace` when asked. torch is imported only
-when the command runs, matplotlib only with --plot.
+Thin: parse, call :func:`kempnerforge.checkpoint.export.trace.trace_checkpoints`, render with
+:mod:`kempnerforge.cli.render.trace` (a table with sparklines, or JSON, or CSV), and draw the
+figure with :func:`kempnerforge.checkpoint.export.trace_plot.plot_trace` when asked. torch is
+imported only when the command runs, matplotlib only with --plot.
 """
 
 from __future__ import annotations
 
-import csv
-import math
-import sys
 from pathlib import Path
 from typing import Literal
 
 import click
 
-from kempnerforge.cli._inspect import echo_notes, progress_bar
 from kempnerforge.cli._options import selection_options
-from kempnerforge.cli._render import echo_json, human_float, render_table, sparkline
+from kempnerforge.cli.render import echo_json, echo_notes, progress_bar
+from kempnerforge.cli.render.trace import plot_written, trace_csv, trace_text
 
 __all__ = ["trace"]
 
@@ -102,46 +99,10 @@ def trace(
         from kempnerforge.checkpoint.export.trace_plot import plot_trace
 
         plot_trace(result, plot)
-        click.echo(f"kf-ckpt: wrote {plot}", err=True)
+        click.echo(plot_written(plot), err=True)
     if as_json:
         echo_json(result.to_json())
-        return
-    if as_csv:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(("step", "name", "l2", "rel_change"))
-        for step, name, l2, rel in result.csv_rows():
-            writer.writerow((step, name, _csv(l2), _csv(rel)))
-        return
-    first, last = result.steps[0], result.steps[-1]
-    rows = []
-    for row in (*result.rows, result.total):
-        changes = row.rel_change[1:]
-        known = [
-            (v, s)
-            for v, s in zip(changes, result.steps[1:], strict=True)
-            if v is not None and math.isfinite(v)
-        ]
-        peak = max(known, default=None, key=lambda vs: vs[0])
-        rows.append(
-            (
-                row.name,
-                human_float(row.l2[0]),
-                human_float(row.l2[-1]),
-                sparkline(changes),
-                human_float(peak[0]) if peak else "-",
-                "-" if peak is None else peak[1],
-            )
-        )
-    headers = (
-        "name", f"l2@{first}", f"l2@{last}", "rel change", "max change", "at step",
-    )  # fmt: skip
-    marks = set(result.milestones)
-    listed = " ".join(f"{s}*" if s in marks else str(s) for s in result.steps)
-    click.echo(f"{result.root}: {len(result.steps)} checkpoints, steps {listed}")
-    click.echo(render_table(rows, headers, "lrrlrr"))
-    if marks:
-        click.echo("* milestone of the checkpoint window")
-
-
-def _csv(value: float | None) -> str:
-    return "" if value is None else repr(value)
+    elif as_csv:
+        click.echo(trace_csv(result), nl=False)
+    else:
+        click.echo(trace_text(result))

@@ -7,7 +7,7 @@ import random
 import pytest
 from tabulate import tabulate
 
-from kempnerforge.cli._render import render_table
+from kempnerforge.cli.render import render_table
 
 
 def _reference(rows, headers, align):

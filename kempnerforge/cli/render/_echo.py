@@ -1,15 +1,23 @@
-"""Progress and notes shared by the inspection commands (``stats``, ``diff``, ``trace``)."""
+"""Printing in the house format: notes on stderr, and a progress bar on a terminal."""
 
 from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import click
 
-__all__ = ["echo_notes", "progress_bar", "step_note"]
+from kempnerforge.cli._text import escape
+
+__all__ = ["echo_notes", "progress_bar"]
+
+
+def echo_notes(notes: Iterable[str]) -> None:
+    """Each note as ``kf-ckpt: note: ...`` on stderr (control characters escaped)."""
+    for note in notes:
+        click.echo(f"kf-ckpt: note: {escape(note)}", err=True)
 
 
 @contextlib.contextmanager
@@ -33,14 +41,3 @@ def progress_bar(label: str) -> Iterator[Callable[[int, int], None] | None]:
             bar.update(done - bar.pos)
 
         yield progress
-
-
-def echo_notes(notes: tuple[str, ...] | list[str]) -> None:
-    """Each note as ``kf-ckpt: note: ...`` on stderr."""
-    for note in notes:
-        click.echo(f"kf-ckpt: note: {note}", err=True)
-
-
-def step_note(step: int | None) -> str:
-    """`` (step 64)`` after a checkpoint's path; nothing for a checkpoint with no step."""
-    return "" if step is None else f" (step {step})"
