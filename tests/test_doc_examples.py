@@ -5,10 +5,12 @@ read without being run: each import must import, each name it calls must be boun
 example, the docstring's module, or the builtins), and each attribute it reads from a module, a
 class, or a value whose type follows from a constructor or a return annotation must exist. Names
 that an example only passes around (``model``, ``config``) are the reader's own objects and are
-left alone. The examples that are not ``+SKIP`` are also run (the strategy that the registry's example
-registers goes into a copy of the registry, dropped afterwards). Every dotted ``kempnerforge.X``
-reference and every ``from kempnerforge... import ...`` line in the docs, the README and the
-docstrings must resolve too, so a module that moves cannot leave a page pointing at its old path.
+left alone. The examples that are not ``+SKIP`` are also run (the strategy that the registry's
+example registers goes into a copy of the registry, dropped afterwards). Every dotted
+``kempnerforge.X`` reference (``:mod:`` and ``:class:`` roles, ``automodule`` directives), every
+relative ``:mod:`.name``` in a docstring, and every ``from kempnerforge... import ...`` line in
+the docs, the README and the docstrings must resolve too, so a module that moves cannot leave a
+page pointing at its old path.
 """
 
 from __future__ import annotations
