@@ -4,7 +4,8 @@ Owns the on-disk format (:mod:`.layout` names and markers, :mod:`.files` atomic 
 ``latest``), the scan of a root (:mod:`.catalog`, with its private walk and scan cache), the pure
 retention policy (:mod:`.retention`), deletion under the root's lock (:mod:`.collect`, with the
 private lock and trash modules), a training process's retention (:mod:`.background`: a light
-scan and renames on the training thread, the trash emptied by a background thread), which
+scan and renames on the training thread, the trash emptied by a background thread; the private
+``_retire`` and ``_emptier`` hold the two halves), which
 root, checkpoint and config a command means (:mod:`.selection`), and the forecast of a whole
 run (:mod:`.simulate`).
 

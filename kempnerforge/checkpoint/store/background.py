@@ -27,25 +27,17 @@ next round (which retries), never raised into the training loop.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import logging
 import os
-import stat
-import threading
-from collections.abc import Collection
 from pathlib import Path
 
-from kempnerforge.checkpoint.store._light_scan import probe_complete, scan_light
+from kempnerforge.checkpoint.store._emptier import TrashEmptier, has_trash
 from kempnerforge.checkpoint.store._lock import hold_lock
-from kempnerforge.checkpoint.store._trash import clear_trash, open_trash
+from kempnerforge.checkpoint.store._retire import retire_victims
 from kempnerforge.checkpoint.store._walk import Stamp, stamp_of
-from kempnerforge.checkpoint.store.apply import apply_locked
-from kempnerforge.checkpoint.store.catalog import check_root, scan
-from kempnerforge.checkpoint.store.collect import GcResult, relied_upon, verify_deletions
+from kempnerforge.checkpoint.store.collect import GcResult
 from kempnerforge.checkpoint.store.layout import TRASH_NAME, step_dir_name
-from kempnerforge.checkpoint.store.records import Catalog
-from kempnerforge.checkpoint.store.retention import RetentionPlan, plan_retention
 from kempnerforge.config.checkpoint import CheckpointConfig
 from kempnerforge.errors import KempnerForgeError, LockBusyError
 
@@ -55,61 +47,6 @@ logger = logging.getLogger(__name__)
 
 CLOSE_WAIT_S = 300.0
 """How long :meth:`BackgroundRetention.close` waits for the trash to be emptied by default."""
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-
-
-def retire_victims(
-    root: str | Path, config: CheckpointConfig, *, known_good: Collection[int] = ()
-) -> GcResult:
-    """A retention round that keeps the caller off the shard files: light scan, plan, rename.
-
-    Under the lock (tried once, never waited for), as
-    :func:`~kempnerforge.checkpoint.store.collect.collect_garbage` does, except that the scan is
-    light, the checkpoints the plan relies on are re-checked by probes, and the victims are only
-    renamed into the trash (durably) and reported as ``applied.in_trash``: removing their files
-    is the caller's job, on another thread. The checkpoints the deletions rest on are checked
-    (their manifests parsed through the allowlist), except those of ``known_good``: steps the
-    caller knows pass (it wrote them, or checked them in an earlier round and they have not
-    changed since).
-
-    Raises:
-        CheckpointRootError: ``root`` is missing or not a directory.
-        LockBusyError: another process (``kf-ckpt gc``, a pin) holds the lock.
-        RetentionError: the lock file or the trash cannot be used.
-    """
-    path = check_root(root)
-    with hold_lock(path, wait_lock_s=0.0):
-        catalog = _vouched(scan_light(path), known_good)
-        plan = plan_retention(catalog, config)
-        if catalog.cache_hits and plan.to_delete and not _probed_complete(plan):
-            catalog = scan(path, use_cache=False)  # the cache was wrong: trust only a full walk
-            plan = plan_retention(catalog, config)
-        # A deletion must not rest on a corrupt checkpoint, and a corrupt one is never a victim:
-        # their manifests are parsed through the allowlist (one open each, no walk: the shards
-        # are checked by gc, ls and resume, which may walk).
-        catalog, plan = verify_deletions(catalog, plan, config, shards=False)
-        applied = apply_locked(plan, defer_removal=True)
-    return GcResult(catalog=catalog, plan=plan, applied=applied)
-
-
-def _vouched(catalog: Catalog, known_good: Collection[int]) -> Catalog:
-    """``catalog`` with the complete checkpoints of ``known_good`` marked verified."""
-    if not known_good:
-        return catalog
-    checkpoints = tuple(
-        dataclasses.replace(c, verified=True) if c.complete and c.step in known_good else c
-        for c in catalog.checkpoints
-    )
-    return dataclasses.replace(catalog, checkpoints=checkpoints)
-
-
-def _probed_complete(plan: RetentionPlan) -> bool:
-    """The checkpoints the plan deletes others on account of are complete on disk (probed)."""
-    root_fd = os.open(plan.root, _DIR_FLAGS)
-    try:
-        return all(probe_complete(root_fd, d.name) for d in relied_upon(plan))
-    finally:
-        os.close(root_fd)
 
 
 class BackgroundRetention:
@@ -131,10 +68,7 @@ class BackgroundRetention:
     def __init__(self, root: str | Path, *, close_wait_s: float = CLOSE_WAIT_S) -> None:
         self.root = Path(root)
         self.close_wait_s = close_wait_s
-        self._mutex = threading.Lock()  # guards the four fields below
-        self._thread: threading.Thread | None = None
-        self._again = False  # a round moved more victims while the thread was emptying
-        self._problems: list[str] = []  # background errors not yet reported at a round
+        self._emptier = TrashEmptier(self.root)
         # Checkpoints known to pass the check (this process wrote them, or a round checked
         # them), with the stamps of their directories then: checked once, not every round.
         self._good: dict[str, list[Stamp | None]] = {}
@@ -142,8 +76,7 @@ class BackgroundRetention:
     @property
     def emptying(self) -> bool:
         """The background thread is emptying the trash right now."""
-        with self._mutex:
-            return self._thread is not None
+        return self._emptier.running
 
     def run_round(
         self, config: CheckpointConfig, *, saved_step: int | None = None
@@ -169,10 +102,10 @@ class BackgroundRetention:
         else:
             _log_round(result)
             self._remember_checked(result)
-        if (result is not None and result.applied and result.applied.in_trash) or _has_trash(
+        if (result is not None and result.applied and result.applied.in_trash) or has_trash(
             self.root
         ):
-            self._start_emptying()
+            self._emptier.start()
         return result
 
     def _remember_checked(self, result: GcResult) -> None:
@@ -200,13 +133,7 @@ class BackgroundRetention:
 
     def wait(self, timeout_s: float | None = None) -> bool:
         """Wait until the trash is emptied (at most ``timeout_s``); True when it is."""
-        with self._mutex:
-            thread = self._thread
-        if thread is not None:
-            thread.join(timeout_s)
-            if thread.is_alive():
-                return False
-        return True
+        return self._emptier.wait(timeout_s)
 
     def close(self, timeout_s: float | None = None) -> bool:
         """Wait for the emptying (``close_wait_s`` by default), then drop the empty trash.
@@ -232,35 +159,8 @@ class BackgroundRetention:
             os.rmdir(self.root / TRASH_NAME)
         return True
 
-    def _start_emptying(self) -> None:
-        with self._mutex:
-            if self._thread is not None:
-                self._again = True  # the running thread lists the trash once more
-                return
-            self._thread = threading.Thread(
-                target=self._run, name=f"kf-ckpt trash emptier ({self.root})", daemon=True
-            )
-            self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                problems = _empty_trash(self.root)
-            except Exception as exc:  # a background thread must never die silently
-                logger.exception("emptying %s failed", self.root / TRASH_NAME)
-                problems = [f"{type(exc).__name__}: {exc}"]
-            if problems:
-                logger.error("could not empty %s: %s", self.root / TRASH_NAME, "; ".join(problems))
-            with self._mutex:
-                self._problems.extend(problems)
-                if not self._again:
-                    self._thread = None
-                    return
-                self._again = False
-
     def _report_problems(self, when: str) -> None:
-        with self._mutex:
-            problems, self._problems = self._problems, []
+        problems = self._emptier.take_problems()
         if problems:
             logger.warning(
                 "the background removal of %s failed %s: %s",
@@ -268,28 +168,6 @@ class BackgroundRetention:
                 when,
                 "; ".join(problems),
             )
-
-
-def _empty_trash(root: Path) -> list[str]:
-    """Remove everything in ``root``'s trash; return why entries could not be removed."""
-    try:
-        root_fd = os.open(root, _DIR_FLAGS)
-    except OSError as exc:
-        return [f"cannot open {root}: {exc.strerror}"]
-    try:
-        trash_fd = open_trash(root_fd, create=False)
-        if trash_fd is None:
-            return []  # emptied and removed by a concurrent gc
-        try:
-            return clear_trash(trash_fd)[1]
-        finally:
-            os.close(trash_fd)
-    except KempnerForgeError as exc:
-        return [str(exc)]
-    except OSError as exc:
-        return [f"cannot list {root / TRASH_NAME}: {exc.strerror}"]
-    finally:
-        os.close(root_fd)
 
 
 def _stamps(root: Path, name: str) -> list[Stamp | None]:
@@ -304,13 +182,6 @@ def _stamps(root: Path, name: str) -> list[Stamp | None]:
             break
         stamps.append(stamp_of(st))
     return stamps
-
-
-def _has_trash(root: Path) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(root / TRASH_NAME).st_mode)
-    except OSError:
-        return False
 
 
 def _log_round(result: GcResult) -> None:
