@@ -4,7 +4,7 @@ Deleting one victim:
 
 1. re-check it under the lock: it still exists, is still a real directory (not a symlink)
    directly inside the root, and is still neither the ``latest`` target nor pinned; otherwise
-   it is skipped;
+   it is skipped (:mod:`~kempnerforge.checkpoint.store._recheck`);
 2. rename it into ``<root>/.kf-trash/`` (atomic); the root directory is fsync'ed once all
    victims are moved, so the removal is durable before any file is unlinked;
 3. remove it from the trash with ``unlinkat``/``rmdir`` relative to directories opened with
@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from kempnerforge.checkpoint.store._lock import ReaderGuard, hold_lock
-from kempnerforge.checkpoint.store._pending import pending_refusal, victim_name
+from kempnerforge.checkpoint.store._pending import victim_name
+from kempnerforge.checkpoint.store._recheck import VANISHED, recheck
 from kempnerforge.checkpoint.store._trash import (
     clear_trash,
     describe_error,
@@ -36,15 +36,12 @@ from kempnerforge.checkpoint.store._trash import (
     remove_tree,
 )
 from kempnerforge.checkpoint.store.catalog import check_root
-from kempnerforge.checkpoint.store.files import read_latest, unique_suffix
-from kempnerforge.checkpoint.store.layout import PIN_NAME, TRASH_NAME, step_dir_name
+from kempnerforge.checkpoint.store.files import unique_suffix
+from kempnerforge.checkpoint.store.layout import TRASH_NAME, step_dir_name
 from kempnerforge.checkpoint.store.retention import Decision, RetentionPlan
 from kempnerforge.errors import RetentionError
 
 __all__ = ["ApplyResult", "NotDeleted", "apply_locked", "apply_plan"]
-
-
-_VANISHED = "vanished"  # _recheck's verdict for a victim that is already gone
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -182,8 +179,8 @@ def _apply_in_place(
     try:
         for decision in victims:
             name = step_dir_name(decision.step)
-            refusal = _recheck(root_fd, root, name, decision, readers)
-            if refusal is _VANISHED:
+            refusal = recheck(root_fd, root, name, decision, readers)
+            if refusal is VANISHED:
                 progress.vanished.append(decision)
             elif refusal is not None:
                 progress.skipped.append(
@@ -240,8 +237,8 @@ def _move_to_trash(
     try:
         for decision in victims:
             name = victim_name(decision.path, decision.step)
-            refusal = _recheck(root_fd, root, name, decision, readers)
-            if refusal is _VANISHED:
+            refusal = recheck(root_fd, root, name, decision, readers)
+            if refusal is VANISHED:
                 progress.vanished.append(decision)
                 continue
             if refusal is not None:
@@ -269,36 +266,6 @@ def _move_to_trash(
     finally:
         readers.close()
     return moved
-
-
-def _recheck(
-    root_fd: int, root: Path, name: str, decision: Decision, readers: ReaderGuard
-) -> str | None:
-    """Why ``decision``'s victim must not be deleted now, ``_VANISHED``, or None to go ahead.
-
-    Going ahead, the victim's read-lease byte is held (``readers.release`` it once it is moved):
-    an export or show that starts meanwhile waits, then finds it gone.
-    """
-    if decision.path != root / name:
-        return f"{decision.path} is not the directory {name} directly inside {root}"
-    try:
-        st = os.lstat(name, dir_fd=root_fd)
-    except FileNotFoundError:
-        return _VANISHED
-    if stat.S_ISLNK(st.st_mode):
-        return f"{name} is now a symlink; symlinks are never followed or deleted"
-    if not stat.S_ISDIR(st.st_mode):
-        return f"{name} is no longer a directory"
-    if name != step_dir_name(decision.step):
-        return pending_refusal(root, name)
-    if read_latest(root).step == decision.step:
-        return f"{name} is now the target of latest"
-    with contextlib.suppress(FileNotFoundError):
-        os.lstat(f"{name}/{PIN_NAME}", dir_fd=root_fd)
-        return f"{name} is now pinned"
-    if not readers.try_exclusive(decision.step):
-        return f"{name} is being read (an export or show holds a read lease); a later gc deletes it"
-    return None
 
 
 def _sync(*fds: int) -> list[str]:
