@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
+from kempnerforge.checkpoint.store._peak import peak_on_disk
 from kempnerforge.checkpoint.store._saves import (
     Piece,
     Span,
@@ -169,7 +170,7 @@ def simulate_run(
     keep_last_n = config.keep_last_n
     kept_plain = total_plain if keep_last_n <= 0 else min(keep_last_n, total_plain)
     runs = _runs(pieces, set(milestones), set(pinned), total_plain - kept_plain, final, keep_last_n)
-    peak, peak_step = _peak(pieces, keep_last_n, final)
+    peak, peak_step = peak_on_disk(pieces, keep_last_n, final)
     return RunSimulation(
         max_steps=max_steps,
         runs=tuple(runs),
@@ -262,49 +263,3 @@ def _span_run(span: Span, start: int, stop: int, survives: bool, reason: Reason)
         survives=survives,
         reason=reason,
     )
-
-
-def _peak(pieces: list[Piece], keep_last_n: int, final: int | None) -> tuple[int, int | None]:
-    """The most checkpoints on disk at once (the kept ones plus the save being written), and
-    the first save at which that happens."""
-    if final is None:
-        return 0, None
-    final_is_plain = isinstance(pieces[-1], Span)
-    keepers = [p for p in pieces if isinstance(p, int) and p != final]
-    plain = sum(p.count for p in pieces if isinstance(p, Span)) - (1 if final_is_plain else 0)
-    if keep_last_n <= 0:  # every round keeps everything: the count grows with each save
-        return plain + len(keepers) + 1, final
-    nth = min(keep_last_n, plain)
-    peak = len(keepers) + nth + 1
-    # The last save before the final one that raised the count on disk: the last milestone or
-    # pin, or the keep_last_n-th interval save, whichever comes later.
-    raisers = keepers[-1:]
-    if nth:
-        raisers.append(_nth_plain(pieces, nth - 1))
-    if not raisers:
-        first = pieces[0]
-        return peak, first.first if isinstance(first, Span) else first
-    return peak, _next_save(pieces, max(raisers))
-
-
-def _nth_plain(pieces: list[Piece], i: int) -> int:
-    """The ``i``-th (0-based) interval save of the run."""
-    for piece in pieces:
-        if isinstance(piece, Span):
-            if i < piece.count:
-                return piece.at(i)
-            i -= piece.count
-    raise IndexError(i)
-
-
-def _next_save(pieces: list[Piece], step: int) -> int:
-    """The first save after ``step`` (there is one: ``step`` is not the final save)."""
-    for piece in pieces:
-        if isinstance(piece, int):
-            if piece > step:
-                return piece
-        elif piece.last > step:
-            if step < piece.first:
-                return piece.first
-            return piece.at((step - piece.first) // piece.every + 1)
-    raise ValueError(f"no save after step {step}")
