@@ -33,7 +33,7 @@ from kempnerforge.checkpoint.store.layout import DCP_METADATA
 from kempnerforge.errors import CorruptCheckpointError, ExportError
 
 if TYPE_CHECKING:
-    from kempnerforge.checkpoint.export._model_part import ModelPart, TensorEntry
+    from kempnerforge.checkpoint.export._model_records import ModelPart, TensorEntry
 
 __all__ = ["SafeFileSystemReader", "load_error", "load_tensors", "read_dcp_metadata"]
 

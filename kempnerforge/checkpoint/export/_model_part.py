@@ -12,9 +12,8 @@ read here, through the allowlisted reader of :mod:`._dcp_meta`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -27,20 +26,17 @@ from torch.distributed.checkpoint.metadata import (
 )
 
 from kempnerforge.checkpoint.export._dcp_meta import read_dcp_metadata
+from kempnerforge.checkpoint.export._model_records import (
+    GroupSummary,
+    ModelPart,
+    SelectionRule,
+    TensorEntry,
+)
 from kempnerforge.checkpoint.store.layout import guess_step, pp_stage_dirs
 from kempnerforge.checkpoint.store.recorded import read_metadata_json
 from kempnerforge.errors import ExportError
 
-__all__ = [
-    "MODEL_KEY",
-    "NON_MODEL_GROUPS",
-    "OPTIMIZER_KEY",
-    "GroupSummary",
-    "ModelPart",
-    "SelectionRule",
-    "TensorEntry",
-    "plan_model_part",
-]
+__all__ = ["MODEL_KEY", "NON_MODEL_GROUPS", "OPTIMIZER_KEY", "plan_model_part"]
 
 MODEL_KEY = "model"
 OPTIMIZER_KEY = "optimizer"
@@ -56,83 +52,6 @@ NON_MODEL_GROUPS = (
 )
 """Top-level groups that are never the model when a checkpoint has no ``model`` group."""
 _OPTIMIZER_GROUPS = ("optimizer", "optim")
-
-
-class SelectionRule(StrEnum):
-    """Which rule chose the model part of a checkpoint (see :func:`plan_model_part`)."""
-
-    model_group = "model_group"
-    """The ``model`` group of the saved state dict: our manager and upstream KempnerForge."""
-    outside_non_model_groups = "outside_non_model_groups"
-    """No ``model`` group: every tensor outside :data:`NON_MODEL_GROUPS` (torchtitan, plain
-    ``dcp.save(model.state_dict())``)."""
-    include_patterns = "include_patterns"
-    """The caller's include patterns, for layouts the two rules above do not know."""
-
-    def describe(self) -> str:
-        """The rule in words, for people."""
-        return {
-            SelectionRule.model_group: "the 'model' group",
-            SelectionRule.outside_non_model_groups: (
-                "every tensor outside the non-model groups (no 'model' group)"
-            ),
-            SelectionRule.include_patterns: "the include patterns",
-        }[self]
-
-
-@dataclass(frozen=True, kw_only=True)
-class TensorEntry:
-    """One model tensor as the DCP metadata describes it (nothing of its data is read)."""
-
-    name: str
-    """Output name: the dotted state-dict path, less a leading ``model`` group
-    (``layers.0.weight``)."""
-    fqn: str
-    """The flattened DCP key, e.g. ``model.layers.0.weight``."""
-    dcp_dir: Path
-    """The DCP tree that holds it: the step dir, or its ``pp<k>/`` stage dir."""
-    stage: int | None
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    size_bytes: int
-
-
-@dataclass(frozen=True, kw_only=True)
-class GroupSummary:
-    """One top-level group of a checkpoint's state dict: its name, tensor count and bytes.
-
-    Groups of non-tensor entries only (a pickled scheduler state) count zero tensors."""
-
-    name: str
-    tensors: int
-    size_bytes: int
-
-
-@dataclass(frozen=True, kw_only=True, eq=False)
-class ModelPart:
-    """The model tensors of a checkpoint (all pp stages merged) and the sizes of the rest."""
-
-    step_dir: Path
-    step: int | None
-    """From ``metadata.json``, else the directory name (``step_<N>``, ``step-<N>``); None when
-    neither says (a checkpoint written under another name by another tool)."""
-    tokens_seen: int | None
-    """From ``metadata.json``, when it records one."""
-    tensors: tuple[TensorEntry, ...]
-    rule: SelectionRule
-    """Which rule chose :attr:`tensors`."""
-    excluded_by_pattern: int
-    """Tensors the rule chose that the exclude patterns removed."""
-    groups: tuple[GroupSummary, ...]
-    """Every top-level group of the state dict, in order of first appearance."""
-    optimizer_tensors: int
-    optimizer_size_bytes: int
-    other_size_bytes: int
-    """Tensors neither selected nor optimizer state (e.g. an EMA copy)."""
-    notes: tuple[str, ...]
-    """What was skipped and why (non-tensor model entries, names repeated across stages)."""
-    metadata: Mapping[Path, Metadata]
-    """The DCP metadata of every DCP tree, keyed by its directory."""
 
 
 def _state_dict_path(metadata: Metadata, fqn: str) -> tuple[Any, ...]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from kempnerforge.checkpoint.export._model_part import ModelPart, TensorEntry
+from kempnerforge.checkpoint.export._model_records import ModelPart, TensorEntry
 from kempnerforge.checkpoint.export._output import OutputTarget, shard_names
 from kempnerforge.checkpoint.export._safetensors_io import TensorSpec
 

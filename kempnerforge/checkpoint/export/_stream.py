@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from kempnerforge.checkpoint.export._dcp_meta import load_tensors
-from kempnerforge.checkpoint.export._model_part import ModelPart, TensorEntry, plan_model_part
+from kempnerforge.checkpoint.export._model_part import plan_model_part
+from kempnerforge.checkpoint.export._model_records import ModelPart, TensorEntry
 from kempnerforge.checkpoint.export._plan import batches
 from kempnerforge.checkpoint.store.resolve import leased_checkpoint
 from kempnerforge.errors import ConfigError, ExportError

@@ -10,7 +10,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from kempnerforge.checkpoint.export._dcp_meta import load_tensors
-from kempnerforge.checkpoint.export._model_part import ModelPart, TensorEntry
+from kempnerforge.checkpoint.export._model_records import ModelPart, TensorEntry
 from kempnerforge.checkpoint.export._output import INDEX_FILE, SINGLE_FILE
 from kempnerforge.checkpoint.export._plan import batches
 from kempnerforge.errors import VerifyError

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from kempnerforge.checkpoint.export._model_part import GroupSummary, SelectionRule, plan_model_part
+from kempnerforge.checkpoint.export._model_part import plan_model_part
+from kempnerforge.checkpoint.export._model_records import GroupSummary, SelectionRule
 from kempnerforge.checkpoint.store.resolve import leased_checkpoint
 
 __all__ = [

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import torch
 
-from kempnerforge.checkpoint.export._model_part import TensorEntry
+from kempnerforge.checkpoint.export._model_records import TensorEntry
 from kempnerforge.checkpoint.export._stream import (
     CHUNK_NUMEL,
     DEFAULT_INSPECT_BATCH_BYTES,

@@ -20,12 +20,8 @@ import torch
 
 from kempnerforge.checkpoint.export import _output as output
 from kempnerforge.checkpoint.export._dcp_meta import load_tensors
-from kempnerforge.checkpoint.export._model_part import (
-    ModelPart,
-    SelectionRule,
-    TensorEntry,
-    plan_model_part,
-)
+from kempnerforge.checkpoint.export._model_part import plan_model_part
+from kempnerforge.checkpoint.export._model_records import ModelPart, SelectionRule, TensorEntry
 from kempnerforge.checkpoint.export._plan import (
     batches,
     file_metadata,

@@ -24,7 +24,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from kempnerforge.checkpoint.export import export_safetensors, inspect_checkpoint
-from kempnerforge.checkpoint.export._model_part import SelectionRule, plan_model_part
+from kempnerforge.checkpoint.export._model_part import plan_model_part
+from kempnerforge.checkpoint.export._model_records import SelectionRule
 from kempnerforge.checkpoint.store.resolve import resolve_checkpoint
 from kempnerforge.cli.main import cli
 from kempnerforge.errors import CheckpointNotFoundError, ExportError
