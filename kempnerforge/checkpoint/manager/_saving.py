@@ -1,17 +1,17 @@
-"""The save path of :class:`~kempnerforge.checkpoint.manager.CheckpointManager`.
+"""The save path of :class:`~kempnerforge.checkpoint.manager.CheckpointManager`: writing a save.
 
 One save, on every rank: capture each rank's RNG and dataloader state; rank 0 creates the
 in-flight directory (with its writer lease) and writes the train state into it; all ranks fence;
 DCP writes the tensors (in the async modes: every rank stages, all agree that staging succeeded,
-only then does any rank start its flush); all ranks agree that the save succeeded; rank 0
-publishes it (rename into ``step_<N>``, ``latest``) and runs retention. Every failure reaches
-every rank through a fence, and a failed save's directory is discarded.
+only then does any rank start its flush). Then the finishing half (:mod:`._publishing`): all
+ranks agree that the save succeeded; rank 0 publishes it (rename into ``step_<N>``, ``latest``)
+and runs retention. Every failure reaches every rank through a fence, and a failed save's
+directory is discarded.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,40 +19,26 @@ import torch
 from torch.distributed.checkpoint.api import CheckpointException
 
 from kempnerforge.checkpoint.manager import _save
-from kempnerforge.checkpoint.manager._groups import CheckpointGroups, LostPeerError
-from kempnerforge.checkpoint.manager._pins import PinsMixin
-from kempnerforge.checkpoint.manager._publisher import InFlightSave, Publisher
+from kempnerforge.checkpoint.manager._publishing import PublishingMixin
 from kempnerforge.checkpoint.manager._save import Stateful
 from kempnerforge.checkpoint.manager._tensors import frozen_names, model_state, save_tensors
-from kempnerforge.checkpoint.manager.async_save import AsyncCheckpointer
 from kempnerforge.checkpoint.manager.train_state import check_extra_keys
-from kempnerforge.checkpoint.store.background import BackgroundRetention
 from kempnerforge.checkpoint.store.layout import TRAIN_STATE, step_dir_name
 from kempnerforge.checkpoint.store.metrics import checked_metrics
-from kempnerforge.config.checkpoint import CheckpointConfig
-from kempnerforge.errors import CheckpointSaveError, SupersededError
 
 __all__ = ["SavingMixin"]
 
-logger = logging.getLogger(__name__)
 
+class SavingMixin(PublishingMixin):
+    """``save`` of the manager: the train state, then the tensors (at once, or staged and
+    flushed in the background); :class:`PublishingMixin` finishes it."""
 
-class SavingMixin(PinsMixin):
-    """``save``, ``flush_pending_save``, ``wait`` and ``close`` of the manager."""
-
-    config: CheckpointConfig
     root: Path
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer | None
     pp_rank: int | None
     pp_stages: int | None
-    rank: int
     world_size: int
-    _groups: CheckpointGroups
-    _publisher: Publisher
-    _in_flight: InFlightSave | None
-    _async: AsyncCheckpointer | None
-    _retention: BackgroundRetention | None
 
     def save(
         self,
@@ -97,53 +83,6 @@ class SavingMixin(PinsMixin):
             error = exc
         self._finalize(step, error)
         return self.root / step_dir_name(step)
-
-    def flush_pending_save(self) -> int | None:
-        """Finish the background save, if any: wait for it, publish it, run retention.
-
-        Returns its step, or None when nothing was pending.
-
-        Raises:
-            CheckpointSaveError: the background flush failed; ``latest`` was not moved.
-        """
-        if self._async is None or self._async.pending is None:
-            return None
-        step = self._async.pending.step
-        error: BaseException | None = None
-        try:
-            self._async.wait()
-        except CheckpointSaveError as exc:
-            error = exc
-        self._finalize(step, error)
-        return step
-
-    def wait(self) -> None:
-        """Block until no save is in flight (see :meth:`flush_pending_save`)."""
-        self.flush_pending_save()
-
-    def close(self) -> None:
-        """Finish a pending save and release the staging buffers; the last call of a run.
-
-        Rank 0 also waits for the background removal of the checkpoints retention deleted
-        (at most :data:`~kempnerforge.checkpoint.store.background.CLOSE_WAIT_S` seconds, then
-        it logs a warning and leaves the rest to the next run or ``kf-ckpt gc``).
-        """
-        try:
-            self.flush_pending_save()
-        finally:
-            if self._async is not None:
-                self._async.close()
-            if self._retention is not None:
-                self._retention.close()
-
-    def _finish_previous(self) -> None:
-        """Finish the previous background save before a new one; its failure does not stop it."""
-        try:
-            self.flush_pending_save()
-        except (SupersededError, LostPeerError):
-            raise  # the job should stop: saving again cannot succeed
-        except CheckpointSaveError as exc:
-            logger.error("%s; saving the next checkpoint regardless", exc)
 
     def _begin(
         self,
@@ -196,52 +135,6 @@ class SavingMixin(PinsMixin):
         if self._in_flight is not None:
             callback = functools.partial(self._publisher.publish_early, self._in_flight)
             pending.future.add_done_callback(callback)
-
-    def _finalize(self, step: int, error: BaseException | None) -> None:
-        """All ranks agree that the save succeeded; rank 0 publishes it; then retention."""
-        try:
-            self._fenced(error, f"saving step {step}")
-            error = None
-            if self._in_flight is not None:
-                try:
-                    self._publisher.publish(self._in_flight)
-                except Exception as exc:
-                    error = exc
-            self._fenced(error, f"publishing step {step}")
-        except BaseException:
-            self._drop_held_pins(step)
-            raise
-        self._in_flight = None
-        if self.rank == 0:
-            self._write_held_pins(step)  # pin(step) called while its save was in flight
-            self._cleanup(step)
-
-    def _in_flight_step(self) -> int | None:
-        """The step of the background save not yet published, if any."""
-        pending = None if self._async is None else self._async.pending
-        return None if pending is None else pending.step
-
-    def _fenced(self, error: BaseException | None, what: str) -> None:
-        """:meth:`CheckpointGroups.fence`; on failure rank 0 discards the in-flight directory."""
-        try:
-            self._groups.fence(error, what)
-        except BaseException:
-            if self._in_flight is not None:
-                self._publisher.discard(self._in_flight)
-                self._in_flight = None
-            raise
-
-    def _cleanup(self, step: int) -> None:
-        """Retention after the save of ``step`` (rank 0): the store core's plan and apply.
-
-        Dynamic milestones and the ``latest`` target are kept and milestones do not use up
-        ``keep_last_n`` (see :mod:`kempnerforge.checkpoint.store.retention`). Skipped for this
-        round, never waited for, when ``kf-ckpt gc`` holds the lock. The victims are out of the
-        root when this returns; their files are removed by a background thread. ``step`` was
-        just written complete by every rank: the round need not verify it again.
-        """
-        if self._retention is not None:
-            self._retention.run_round(self.config, saved_step=step)
 
     def _tree(self, save_dir: Path) -> Path:
         return save_dir if self.pp_rank is None else save_dir / f"pp{self.pp_rank}"
