@@ -4,7 +4,7 @@ Deleting one victim:
 
 1. re-check it under the lock: it still exists, is still a real directory (not a symlink)
    directly inside the root, and is still neither the ``latest`` target nor pinned; otherwise
-   it is skipped (:mod:`~kempnerforge.checkpoint.store._recheck`);
+   it is skipped;
 2. rename it into ``<root>/.kf-trash/`` (atomic); the root directory is fsync'ed once all
    victims are moved, so the removal is durable before any file is unlinked;
 3. remove it from the trash with ``unlinkat``/``rmdir`` relative to directories opened with
