@@ -24,14 +24,9 @@ if TYPE_CHECKING:  # real types for type checkers and IDEs; at run time, __getat
     from kempnerforge.checkpoint.store.apply import ApplyResult, apply_plan
     from kempnerforge.checkpoint.store.catalog import scan
     from kempnerforge.checkpoint.store.collect import GcResult, collect_garbage
+    from kempnerforge.checkpoint.store.decisions import Action, Decision, Reason, RetentionPlan
     from kempnerforge.checkpoint.store.records import Catalog, CheckpointInfo, SkippedEntry
-    from kempnerforge.checkpoint.store.retention import (
-        Action,
-        Decision,
-        Reason,
-        RetentionPlan,
-        plan_retention,
-    )
+    from kempnerforge.checkpoint.store.retention import plan_retention
     from kempnerforge.checkpoint.store.simulate import RunSimulation, simulate_run
 
 # name -> module; imported on first use, so that `kf-ckpt ls` pays only for what it uses and
@@ -41,10 +36,10 @@ _LAZY = {
     "CheckpointInfo": "kempnerforge.checkpoint.store.records",
     "SkippedEntry": "kempnerforge.checkpoint.store.records",
     "scan": "kempnerforge.checkpoint.store.catalog",
-    "Action": "kempnerforge.checkpoint.store.retention",
-    "Decision": "kempnerforge.checkpoint.store.retention",
-    "Reason": "kempnerforge.checkpoint.store.retention",
-    "RetentionPlan": "kempnerforge.checkpoint.store.retention",
+    "Action": "kempnerforge.checkpoint.store.decisions",
+    "Decision": "kempnerforge.checkpoint.store.decisions",
+    "Reason": "kempnerforge.checkpoint.store.decisions",
+    "RetentionPlan": "kempnerforge.checkpoint.store.decisions",
     "plan_retention": "kempnerforge.checkpoint.store.retention",
     "ApplyResult": "kempnerforge.checkpoint.store.apply",
     "GcResult": "kempnerforge.checkpoint.store.collect",

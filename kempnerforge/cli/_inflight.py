@@ -16,6 +16,7 @@ from kempnerforge.checkpoint.store.layout import PendingKind
 from kempnerforge.checkpoint.store.lineage import off_lineage
 from kempnerforge.checkpoint.store.records import Catalog
 from kempnerforge.checkpoint.store.retention import Decision, Reason, RetentionPlan
+from kempnerforge.cli._decisions import decision_detail
 from kempnerforge.cli._render import human_age, human_bytes, plural
 
 __all__ = ["lineage_document", "pending_document", "pending_footer", "pending_rows"]
@@ -44,7 +45,7 @@ def pending_rows(
             *(["-"] * metrics),
             "",
             d.action,
-            d.detail,
+            decision_detail(d),
             *([""] if notes else []),
         )
         for p, d in zip(catalog.pending, plan.pending, strict=True)
@@ -73,7 +74,7 @@ def pending_document(catalog: Catalog, plan: RetentionPlan) -> list[dict[str, An
             "mtime_s": p.mtime_s,
             "gc_action": str(d.action),
             "gc_reason": str(d.reason),
-            "gc_detail": d.detail,
+            "gc_detail": decision_detail(d),
         }
         for p, d in zip(catalog.pending, plan.pending, strict=True)
     ]

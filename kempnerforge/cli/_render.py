@@ -43,6 +43,7 @@ __all__ = [
     "human_age",
     "human_bytes",
     "human_count",
+    "human_duration",
     "human_float",
     "now_s",
     "plural",
@@ -69,13 +70,23 @@ def now_s() -> float:
 
 
 def human_age(age_s: float) -> str:
-    """``42 s ago``, ``5 min ago``, ``3 h ago`` (below two days), ``12 d ago``; whole units."""
+    """``42 s ago``, ``5 min ago``, ``3 h ago`` (below two days), ``12 d ago``; whole units.
+
+    The one age formatter of ``kf-ckpt``: ``ls``'s age column and every retention detail use it.
+    A negative age is ``in the future``, an unknown one (NaN) ``at an unknown time``.
+    """
     if age_s < 0:
         return "in the future"
+    return "at an unknown time" if age_s != age_s else f"{human_duration(age_s)} ago"
+
+
+def human_duration(span_s: float) -> str:
+    """``42 s``, ``5 min``, ``3 h`` (below two days), ``12 d``: :func:`human_age` without the
+    ``ago``, for spans that are not ages (``dated 3 h ahead``); ``span_s`` is not negative."""
     for unit, size_s, below_s in (("s", 1, 60), ("min", 60, 3600), ("h", 3600, 172800)):
-        if age_s < below_s:
-            return f"{int(age_s // size_s)} {unit} ago"
-    return f"{int(age_s // 86400)} d ago"
+        if span_s < below_s:
+            return f"{int(span_s // size_s)} {unit}"
+    return f"{int(span_s // 86400)} d"
 
 
 def human_count(n: int | None) -> str:

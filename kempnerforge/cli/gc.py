@@ -18,6 +18,7 @@ from kempnerforge.checkpoint.store.collect import GcResult, collect_garbage
 from kempnerforge.checkpoint.store.policy import likely_milestones
 from kempnerforge.checkpoint.store.retention import Reason
 from kempnerforge.checkpoint.store.selection import ConfigSelection, select_root
+from kempnerforge.cli._decisions import decision_detail
 from kempnerforge.cli._options import config_options, wait_lock_option
 from kempnerforge.cli._render import (
     FORMAT_VERSION,
@@ -143,8 +144,8 @@ def gc_table(result: GcResult) -> str:
     for d in plan.decisions:
         outcome, note = outcomes.get(d.step, ("kept", None))
         why = reason_text(d.reason, plan.keep_last_n)
-        if d.reason is Reason.pinned:
-            why += _pin_note(result, d.step)
+        if d.reason is Reason.pinned and d.pin_note:
+            why += f": {d.pin_note}"
         action = _OUTCOME_TEXT[outcome]
         rows.append((d.step, human_bytes(d.size_bytes), action, f"{why}; {note}" if note else why))
     if not rows:
@@ -171,12 +172,6 @@ def gc_table(result: GcResult) -> str:
     if applied is not None and applied.trash_cleared:
         summary += f"; removed {applied.trash_cleared} leftover trash entries"
     return f"{table}\n\n{summary}"
-
-
-def _pin_note(result: GcResult, step: int) -> str:
-    info = result.catalog.get(step)
-    pin = None if info is None else info.pin
-    return f": {pin.note}" if pin is not None and pin.note else ""
 
 
 def _problems(items: Iterable[NotDeleted]) -> list[dict[str, Any]]:
@@ -223,7 +218,7 @@ def gc_document(
             "path": str(d.path),
             "action": str(d.action),
             "reason": str(d.reason),
-            "detail": d.detail,
+            "detail": decision_detail(d),
             "size_bytes": d.size_bytes,
             "outcome": outcomes.get(d.step, ("kept", None))[0],
         }

@@ -13,6 +13,7 @@ import click
 from kempnerforge.checkpoint.store.records import Catalog, CheckpointInfo
 from kempnerforge.checkpoint.store.retention import Decision, Reason, RetentionPlan, plan_retention
 from kempnerforge.checkpoint.store.selection import ConfigSelection, scan_root
+from kempnerforge.cli._decisions import decision_detail
 from kempnerforge.cli._inflight import (
     lineage_document,
     pending_document,
@@ -298,7 +299,7 @@ def ls_document(
             "mtime_s": info.mtime_s,
             "gc_action": None if decision is None else str(decision.action),
             "gc_reason": None if decision is None else str(decision.reason),
-            "gc_detail": None if decision is None else decision.detail,
+            "gc_detail": None if decision is None else decision_detail(decision),
             "warnings": list(info.warnings),
             "pinned": info.pin is not None,
             "pin": None if info.pin is None else info.pin.to_dict(),

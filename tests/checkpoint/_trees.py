@@ -25,7 +25,7 @@ import tempfile
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kempnerforge.checkpoint.store.files import update_latest
 from kempnerforge.checkpoint.store.layout import (
@@ -36,10 +36,14 @@ from kempnerforge.checkpoint.store.layout import (
     step_dir_name,
 )
 
+if TYPE_CHECKING:
+    from kempnerforge.checkpoint.store.decisions import Decision, RetentionPlan
+
 __all__ = [
     "add_entries",
     "as_unprivileged",
     "dcp_manifest",
+    "decision_for",
     "fingerprint",
     "make_checkpoint",
     "make_root",
@@ -179,6 +183,13 @@ def dcp_manifest(shards: dict[str, int], *, extra_global: tuple[str, str] | None
     if planted:
         metadata = metadata[:-2] + planted + b"ub"
     return b"\x80\x02" + metadata + b"."
+
+
+def decision_for(plan: RetentionPlan, step: int) -> Decision:
+    """The plan's decision about checkpoint ``step`` (fails the test when it has none)."""
+    found = [d for d in plan.decisions if d.step == step]
+    assert len(found) == 1, f"the plan has {len(found)} decisions about step {step}"
+    return found[0]
 
 
 def set_mtime(path: Path, mtime_s: float) -> None:

@@ -21,9 +21,9 @@ from kempnerforge.checkpoint.store.layout import (
     parse_pending,
     step_dir_name,
 )
-from kempnerforge.checkpoint.store.lease import Lease, file_system_now, judge_lease, read_lease
+from kempnerforge.checkpoint.store.lease import Lease, LeaseVerdict, file_system_now, judge_writer
 
-__all__ = ["PendingDir", "judge_pending", "pending_refusal", "scan_pending", "victim_name"]
+__all__ = ["PendingDir", "pending_refusal", "scan_pending", "victim_name"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,26 +38,25 @@ class PendingDir:
     file_count: int
     mtime_s: float
     """Newest modification time of the directory or anything in it (seconds since the epoch)."""
-    lease: Lease | None = None
-    lease_live: bool | None = None
-    """The writer is alive (True), gone (False), or there is no readable lease (None: retention
-    then judges by ``mtime_s``, as for a checkpoint written in place)."""
-    detail: str = ""
-    """The lease verdict in words, or why there is none."""
+    writer: LeaseVerdict | None = None
+    """The verdict on a save's writer lease (:mod:`.lease`); None for an old copy set aside."""
 
     @property
     def name(self) -> str:
         """The directory name."""
         return self.path.name
 
+    @property
+    def lease(self) -> Lease | None:
+        """The save's writer lease, None when it has no readable one (or is an old copy)."""
+        return None if self.writer is None else self.writer.lease
 
-def judge_pending(path: Path, now_s: float) -> tuple[Lease | None, bool | None, str]:
-    """``(lease, live, detail)`` of the in-flight save at ``path``; ages measured at ``now_s``."""
-    lease, mtime_s, warning = read_lease(path)
-    if lease is None or mtime_s is None:
-        return None, None, warning or "no lease"
-    verdict = judge_lease(lease, mtime_s, now_s)
-    return lease, verdict.live, verdict.detail
+    @property
+    def lease_live(self) -> bool | None:
+        """The writer is alive (True), gone (False), or there is no readable lease (None:
+        retention then judges by ``mtime_s``, as for a checkpoint written in place). An old copy
+        set aside has no writer: False."""
+        return False if self.writer is None else self.writer.live
 
 
 def scan_pending(
@@ -78,11 +77,7 @@ def scan_pending(
         if seen is None:
             continue  # published or discarded meanwhile
         complete, size_bytes, file_count, mtime_s = seen
-        lease: Lease | None = None
-        live: bool | None = False
-        detail = f"old copy of step {parsed.step} set aside while a save replaced it"
-        if parsed.kind is PendingKind.save:
-            lease, live, detail = judge_pending(root / name, now_s)
+        writer = judge_writer(root / name, now_s) if parsed.kind is PendingKind.save else None
         found.append(
             PendingDir(
                 step=parsed.step,
@@ -92,9 +87,7 @@ def scan_pending(
                 size_bytes=size_bytes,
                 file_count=file_count,
                 mtime_s=mtime_s,
-                lease=lease,
-                lease_live=live,
-                detail=detail,
+                writer=writer,
             )
         )
     return sorted(found, key=lambda p: (p.step, p.name))
@@ -148,5 +141,7 @@ def pending_refusal(root: Path, name: str) -> str | None:
             return None
         return f"{step_dir_name(pending.step)} is missing: {name} is its only copy"
     now_s = file_system_now(root)
-    _, live, detail = judge_pending(root / name, time.time() if now_s is None else now_s)
-    return f"{name} is being written ({detail})" if live else None
+    verdict = judge_writer(root / name, time.time() if now_s is None else now_s)
+    if not verdict.live or verdict.lease is None:
+        return None
+    return f"{name} is being written by pid {verdict.lease.pid} on {verdict.lease.host}"

@@ -17,7 +17,8 @@ Whether the writer is alive is judged without trusting any clock where possible:
   dated more than that *ahead* of the file system's clock (no live writer can refresh it so),
   marks the save abandoned.
 
-Torch-free.
+The verdict is data (:class:`LeaseVerdict`: a :class:`LeaseState`, the writer, the heartbeat's
+age in seconds); ``kf-ckpt`` words it. Torch-free.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ import socket
 import threading
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeGuard
 
+from kempnerforge.checkpoint.store._process import boot_id, process_alive, start_ticks
 from kempnerforge.checkpoint.store.files import write_json_atomic
 from kempnerforge.checkpoint.store.layout import LEASE_NAME, LOCK_NAME
 
@@ -40,9 +43,11 @@ __all__ = [
     "LEASE_TTL_S",
     "Heartbeat",
     "Lease",
+    "LeaseState",
     "LeaseVerdict",
     "file_system_now",
     "judge_lease",
+    "judge_writer",
     "new_lease",
     "read_lease",
     "write_lease",
@@ -73,38 +78,64 @@ class Lease:
     heartbeat_s: float = LEASE_HEARTBEAT_S
 
 
+class LeaseState(StrEnum):
+    """What an in-flight save's lease says about its writer (see the module docstring)."""
+
+    running = "running"
+    """Written on this host, and its process still runs: live."""
+    exited = "exited"
+    """Written on this host, and its process has exited (or its pid was recycled): gone."""
+    rebooted = "rebooted"
+    """Written on this host before its last reboot: gone."""
+    beating = "beating"
+    """Written on another host, with a heartbeat younger than the TTL: live."""
+    stale = "stale"
+    """Written on another host, with no heartbeat for longer than the TTL: gone."""
+    ahead = "ahead"
+    """Its heartbeat is dated more than the TTL ahead of the file system's clock: gone."""
+    heartbeat_unreadable = "heartbeat_unreadable"
+    """The lease file's mtime is not a number, so it cannot show life: gone."""
+    missing = "missing"
+    """No lease file: the writer is unknown (judge the save by its mtime)."""
+    corrupt = "corrupt"
+    """A lease file that is not a lease (foreign, truncated, too large): unknown."""
+    unreadable = "unreadable"
+    """The lease file exists but cannot be read (see ``LeaseVerdict.error``): unknown."""
+
+    @property
+    def live(self) -> bool | None:
+        """True while the writer lives, False once it is gone, None when there is no lease."""
+        if self in (LeaseState.running, LeaseState.beating):
+            return True
+        return (
+            None
+            if self in (LeaseState.missing, LeaseState.corrupt, LeaseState.unreadable)
+            else False
+        )
+
+
+_NO_LEASE = (LeaseState.missing, LeaseState.corrupt, LeaseState.unreadable)
+
+
 @dataclass(frozen=True, kw_only=True)
 class LeaseVerdict:
-    """Whether an in-flight save still has a live writer, and why (in words)."""
+    """Whether an in-flight save still has a live writer, and the facts that say so."""
 
-    live: bool
-    detail: str
+    state: LeaseState
+    lease: Lease | None = None
+    """The writer (host, pid, owner); None when there is no readable lease."""
+    heartbeat_age_s: float | None = None
+    """Seconds from the last heartbeat (the lease file's mtime) to the clock it was judged on;
+    negative when dated ahead of it. None without a lease or with an unreadable mtime."""
+    error: str | None = None
+    """Why the lease file could not be read (the OS's words), for ``LeaseState.unreadable``."""
 
-
-def _boot_id() -> str | None:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
-    except OSError:
-        return None
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    """The fields of ``/proc/<pid>/stat`` after the command name (field 3 on); None off Linux."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    return raw[raw.rindex(")") + 2 :].split() if ")" in raw else None
-
-
-def _pid_start(pid: int) -> int | None:
-    """Field 22 of ``/proc/<pid>/stat`` (start time in ticks since boot); None off Linux."""
-    fields = _proc_stat(pid)
-    try:
-        return int(fields[19]) if fields else None
-    except (ValueError, IndexError):
-        return None
+    @property
+    def live(self) -> bool | None:
+        """True while the writer lives, False once it is gone, None when there is no lease."""
+        if self.state in (LeaseState.running, LeaseState.beating):
+            return True
+        return None if self.state in _NO_LEASE else False
 
 
 def new_lease(step: int, owner: str) -> Lease:
@@ -115,8 +146,8 @@ def new_lease(step: int, owner: str) -> Lease:
         owner=owner,
         host=socket.gethostname(),
         pid=pid,
-        pid_start=_pid_start(pid),
-        boot_id=_boot_id(),
+        pid_start=start_ticks(pid),
+        boot_id=boot_id(),
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
 
@@ -126,28 +157,30 @@ def write_lease(save_dir: Path, lease: Lease) -> None:
     write_json_atomic(save_dir / LEASE_NAME, {"format": "kf-lease", **asdict(lease)})
 
 
-def read_lease(save_dir: Path) -> tuple[Lease | None, float | None, str | None]:
-    """``(lease, its mtime, warning)``: a missing, foreign or corrupt lease is a warning.
+def read_lease(save_dir: Path) -> tuple[Lease | None, float | None, LeaseVerdict | None]:
+    """``(lease, its mtime, problem)``: a missing, foreign or corrupt lease is a problem.
 
-    Never follows a symlink and never reads more than 64 kB.
+    The problem is the verdict such a save gets (state ``missing``, ``corrupt`` or
+    ``unreadable``: the writer is unknown). Never follows a symlink and never reads more than
+    64 kB.
     """
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
         fd = os.open(save_dir / LEASE_NAME, flags)
     except FileNotFoundError:
-        return None, None, f"no {LEASE_NAME}"
+        return None, None, LeaseVerdict(state=LeaseState.missing)
     except OSError as exc:
-        return None, None, f"cannot read {LEASE_NAME}: {exc.strerror}"
+        return None, None, LeaseVerdict(state=LeaseState.unreadable, error=exc.strerror)
     try:
         mtime_s = os.fstat(fd).st_mtime
         raw = os.read(fd, _MAX_LEASE_BYTES + 1)
     except OSError as exc:
-        return None, None, f"cannot read {LEASE_NAME}: {exc.strerror}"
+        return None, None, LeaseVerdict(state=LeaseState.unreadable, error=exc.strerror)
     finally:
         os.close(fd)
     lease = _parse(raw) if len(raw) <= _MAX_LEASE_BYTES else None
     if lease is None:
-        return None, mtime_s, f"corrupt {LEASE_NAME}"
+        return None, mtime_s, LeaseVerdict(state=LeaseState.corrupt)
     return lease, mtime_s, None
 
 
@@ -218,46 +251,31 @@ def judge_lease(
         now_s: the file system's clock (:func:`file_system_now`), else this host's.
         ttl_s: the age at which a heartbeat from another host has expired.
     """
-    who = f"pid {lease.pid} on {lease.host}"
-    if lease.host == socket.gethostname() and lease.boot_id == _boot_id():
-        if _process_alive(lease.pid, lease.pid_start):
-            return LeaseVerdict(live=True, detail=f"{who} is running")
-        return LeaseVerdict(live=False, detail=f"{who} has exited")
-    if lease.host == socket.gethostname() and lease.boot_id is not None and _boot_id():
-        return LeaseVerdict(live=False, detail=f"{lease.host} rebooted since {who} wrote it")
-    age_s = now_s - lease_mtime_s
+    age_s: float | None = now_s - lease_mtime_s
     if age_s != age_s:  # NaN: a corrupt mtime cannot show life
-        return LeaseVerdict(live=False, detail=f"{who}: heartbeat time unreadable")
-    if age_s > ttl_s:
-        return LeaseVerdict(live=False, detail=f"{who}: no heartbeat for {int(age_s)} s")
-    if age_s < -ttl_s:
-        return LeaseVerdict(
-            live=False,
-            detail=f"{who}: heartbeat dated {int(-age_s)} s ahead of the file system's clock",
-        )
-    return LeaseVerdict(live=True, detail=f"{who}: heartbeat {max(int(age_s), 0)} s ago")
+        age_s = None
+    if lease.host == socket.gethostname() and lease.boot_id == boot_id():
+        alive = process_alive(lease.pid, lease.pid_start)
+        state = LeaseState.running if alive else LeaseState.exited
+    elif lease.host == socket.gethostname() and lease.boot_id is not None and boot_id():
+        state = LeaseState.rebooted
+    elif age_s is None:
+        state = LeaseState.heartbeat_unreadable
+    elif age_s > ttl_s:
+        state = LeaseState.stale
+    elif age_s < -ttl_s:
+        state = LeaseState.ahead
+    else:
+        state = LeaseState.beating
+    return LeaseVerdict(state=state, lease=lease, heartbeat_age_s=age_s)
 
 
-def _process_alive(pid: int, pid_start: int | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    except OSError:
-        return False
-    fields = _proc_stat(pid)
-    if fields is None:  # gone meanwhile, or no /proc: then the pid exists, that is all we know
-        return not os.path.exists("/proc/self/stat")
-    if fields[0] in ("Z", "X"):
-        return False  # a zombie writes nothing: it has exited, only not been reaped
-    if pid_start is None:
-        return True
-    try:
-        return int(fields[19]) == pid_start
-    except (ValueError, IndexError):
-        return True
+def judge_writer(save_dir: Path, now_s: float) -> LeaseVerdict:
+    """The verdict on the writer of the in-flight save ``save_dir``; ages measured at ``now_s``."""
+    lease, mtime_s, problem = read_lease(save_dir)
+    if lease is None or mtime_s is None:
+        return problem or LeaseVerdict(state=LeaseState.missing)
+    return judge_lease(lease, mtime_s, now_s)
 
 
 class Heartbeat:

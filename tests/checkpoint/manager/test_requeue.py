@@ -27,6 +27,7 @@ from kempnerforge.checkpoint.store.catalog import scan
 from kempnerforge.checkpoint.store.collect import collect_garbage
 from kempnerforge.checkpoint.store.files import read_latest
 from kempnerforge.checkpoint.store.layout import PUBLISH_LOCK_NAME, replaced_dir_name
+from kempnerforge.checkpoint.store.lease import LeaseState
 from kempnerforge.checkpoint.store.owner import read_owner
 from kempnerforge.checkpoint.store.retention import Reason, plan_retention
 from kempnerforge.config.checkpoint import CheckpointConfig
@@ -117,7 +118,8 @@ def test_case1b_gc_while_a_replacement_is_written_keeps_the_complete_copy(
     for _ in range(2):  # unrelated retention rounds
         result = collect_garbage(root, CheckpointConfig(keep_last_n=3))
         (pending,) = result.plan.pending
-        assert pending.reason is Reason.in_flight and "is running" in pending.detail
+        assert pending.reason is Reason.in_flight and pending.writer is not None
+        assert pending.writer.state is LeaseState.running  # the replacement's writer lives
     assert fingerprint(root / "step_50") == before
     Path(f"{gate}.go").touch()
     assert result_of(redo)["ok"]

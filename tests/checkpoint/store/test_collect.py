@@ -25,7 +25,7 @@ from kempnerforge.checkpoint.store.files import read_latest, update_latest
 from kempnerforge.checkpoint.store.layout import LOCK_NAME, TRASH_NAME
 from kempnerforge.checkpoint.store.owner import claim_root
 from kempnerforge.checkpoint.store.publish import begin_save, publish_save
-from kempnerforge.checkpoint.store.retention import Reason, plan_retention
+from kempnerforge.checkpoint.store.retention import IN_FLIGHT_GRACE_S, Reason, plan_retention
 from kempnerforge.config.checkpoint import CheckpointConfig
 from kempnerforge.errors import (
     CheckpointRootError,
@@ -35,6 +35,7 @@ from kempnerforge.errors import (
 from tests.checkpoint._trees import (
     as_unprivileged,
     dcp_manifest,
+    decision_for,
     fingerprint,
     make_checkpoint,
     make_root,
@@ -111,9 +112,11 @@ def test_rollback_keeps_the_save_in_progress_below_the_newest_complete(tmp_path:
         thread.join()
     assert errors == []  # the writer never lost its directory
     for result in results:
-        decision = result.plan.decision_for(600)
-        assert decision is not None and decision.reason is Reason.in_flight
-        assert "ago; a save may still be writing it" in decision.detail
+        decision = decision_for(result.plan, 600)
+        assert decision.reason is Reason.in_flight
+        # Kept for its recent writes (below step_1000, so not as "newer than the newest").
+        assert decision.newest_step == 1000 and decision.idle_s is not None
+        assert abs(decision.idle_s) < IN_FLIGHT_GRACE_S
     assert [d.step for d in results[0].applied.deleted] == [100, 200, 300, 400, 500, 550, 700, 800]  # type: ignore[union-attr]
     assert _steps(tmp_path) == [600, 900, 1000]
     (step_dir / ".metadata").write_bytes(dcp_manifest({}))  # the save finishes

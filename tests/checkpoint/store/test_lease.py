@@ -15,11 +15,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from kempnerforge.checkpoint.store.catalog import scan
 from kempnerforge.checkpoint.store.collect import collect_garbage
 from kempnerforge.checkpoint.store.layout import LEASE_NAME, LOCK_NAME, inflight_dir_name
 from kempnerforge.checkpoint.store.lease import (
     LEASE_TTL_S,
+    LeaseState,
     file_system_now,
     judge_lease,
     new_lease,
@@ -29,7 +32,7 @@ from kempnerforge.checkpoint.store.lease import (
 from kempnerforge.checkpoint.store.owner import new_owner, write_owner
 from kempnerforge.checkpoint.store.retention import Action, Reason, plan_retention
 from kempnerforge.config.checkpoint import CheckpointConfig
-from tests.checkpoint._trees import make_checkpoint, make_root, set_mtime
+from tests.checkpoint._trees import decision_for, make_checkpoint, make_root, set_mtime
 
 DAY_S = 86400.0
 KEEP2 = CheckpointConfig(keep_last_n=2)
@@ -72,7 +75,7 @@ def test_a_dead_save_dated_a_day_ahead_is_removed(tmp_path: Path) -> None:
     result = collect_garbage(root, KEEP2)
     (decision,) = result.plan.pending
     assert decision.action is Action.delete and decision.reason is Reason.abandoned_incomplete
-    assert "has exited" in decision.detail
+    assert decision.writer is not None and decision.writer.state is LeaseState.exited
     assert not dead.exists()
 
 
@@ -83,7 +86,9 @@ def test_a_live_save_dated_two_hours_back_is_kept(tmp_path: Path) -> None:
     result = collect_garbage(root, KEEP2)
     (decision,) = result.plan.pending
     assert decision.action is Action.keep and decision.reason is Reason.in_flight
-    assert f"pid {os.getpid()}" in decision.detail and "is running" in decision.detail
+    writer = decision.writer
+    assert writer is not None and writer.state is LeaseState.running and writer.live
+    assert writer.lease is not None and writer.lease.pid == os.getpid()
     assert live.is_dir() and (live / "__0_0.distcp").is_file()
 
 
@@ -93,7 +98,8 @@ def test_a_recycled_pid_does_not_keep_a_save_alive(tmp_path: Path) -> None:
     lease, mtime_s, _ = read_lease(path)
     assert lease is not None and mtime_s is not None and lease.pid_start is not None
     recycled = dataclasses.replace(lease, pid_start=lease.pid_start + 1)
-    assert not judge_lease(recycled, mtime_s, mtime_s).live
+    verdict = judge_lease(recycled, mtime_s, mtime_s)
+    assert verdict.live is False and verdict.state is LeaseState.exited
 
 
 def test_leases_from_other_hosts_are_judged_on_the_file_systems_clock() -> None:
@@ -101,11 +107,22 @@ def test_leases_from_other_hosts_are_judged_on_the_file_systems_clock() -> None:
     local_now = time.time()
     server_now = local_now - 2 * 3600  # the file server's clock lags two hours
     beat = server_now - 5  # its last heartbeat, as the server stamped it
-    assert judge_lease(lease, beat, server_now).live
+    fresh = judge_lease(lease, beat, server_now)
+    assert (
+        fresh.live
+        and fresh.state is LeaseState.beating
+        and fresh.heartbeat_age_s == pytest.approx(5)
+    )
+    assert fresh.lease == lease  # the writer's identity travels with the verdict
     stale = judge_lease(lease, beat, server_now + LEASE_TTL_S + 60)
-    assert not stale.live and "no heartbeat for" in stale.detail
+    assert stale.live is False and stale.state is LeaseState.stale
+    assert stale.heartbeat_age_s == pytest.approx(LEASE_TTL_S + 65)
     ahead = judge_lease(lease, server_now + DAY_S, server_now)
-    assert not ahead.live and "ahead of the file system's clock" in ahead.detail
+    assert ahead.live is False and ahead.state is LeaseState.ahead
+    assert ahead.heartbeat_age_s == pytest.approx(-DAY_S)
+    unreadable = judge_lease(lease, float("nan"), server_now)
+    assert unreadable.live is False and unreadable.state is LeaseState.heartbeat_unreadable
+    assert unreadable.heartbeat_age_s is None
 
 
 def test_file_system_now_reads_the_lock_files_clock(tmp_path: Path) -> None:
@@ -121,12 +138,13 @@ def test_an_incomplete_step_dir_dated_a_day_ahead_is_abandoned(tmp_path: Path) -
     make_checkpoint(root, 15, complete=False, mtime_s=time.time() + DAY_S)
     catalog = scan(root)
     assert catalog.clock_s is not None  # measured on the file system's clock
-    decision = plan_retention(catalog, KEEP2).decision_for(15)
-    assert decision is not None and decision.reason is Reason.abandoned_incomplete
+    decision = decision_for(plan_retention(catalog, KEEP2), 15)
+    assert decision.reason is Reason.abandoned_incomplete
+    assert decision.idle_s is not None and decision.idle_s < -LEASE_TTL_S  # dated ahead
     # A recent write into an in-place save (upstream's writer) is still in flight.
     make_checkpoint(root, 16, complete=False)
-    decision = plan_retention(scan(root), KEEP2).decision_for(16)
-    assert decision is not None and decision.reason is Reason.in_flight
+    decision = decision_for(plan_retention(scan(root), KEEP2), 16)
+    assert decision.reason is Reason.in_flight
 
 
 def test_a_save_without_a_readable_lease_is_judged_by_its_mtime(tmp_path: Path) -> None:
@@ -137,9 +155,11 @@ def test_a_save_without_a_readable_lease_is_judged_by_its_mtime(tmp_path: Path) 
     old.mkdir()
     set_mtime(old, time.time() - 3 * 3600)
     plan = plan_retention(scan(root), KEEP2)
-    verdicts = {d.name: (d.action, d.detail) for d in plan.pending}
-    assert verdicts[recent.name][0] is Action.keep and "corrupt" in verdicts[recent.name][1]
-    assert verdicts[old.name][0] is Action.delete and "no .kf-lease" in verdicts[old.name][1]
+    verdicts = {d.name: (d.action, d.writer and d.writer.state) for d in plan.pending}
+    assert verdicts[recent.name] == (Action.keep, LeaseState.corrupt)
+    assert verdicts[old.name] == (Action.delete, LeaseState.missing)
+    idle = {d.name: d.idle_s for d in plan.pending}  # judged by their mtimes instead
+    assert idle[old.name] is not None and idle[old.name] > 3 * 3600 - 60  # type: ignore[operator]
 
 
 def test_kf_ckpt_ls_shows_in_flight_saves_with_their_step_and_the_lineage(tmp_path: Path) -> None:

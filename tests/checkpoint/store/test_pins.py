@@ -18,7 +18,7 @@ from kempnerforge.checkpoint.store.pins import Pin, pin_checkpoint, read_pin, un
 from kempnerforge.checkpoint.store.retention import Action, Reason, plan_retention
 from kempnerforge.config.checkpoint import CheckpointConfig, DynamicCheckpointWindow
 from kempnerforge.errors import CheckpointNotFoundError, CheckpointRootError, LockBusyError
-from tests.checkpoint._trees import make_checkpoint, make_root, set_mtime
+from tests.checkpoint._trees import decision_for, make_checkpoint, make_root, set_mtime
 from tests.checkpoint.store.test_retention import catalog, info
 
 K, D = Action.keep, Action.delete
@@ -69,9 +69,9 @@ def test_retention_table_with_pins(case: str) -> None:
     )
     plan = plan_retention(catalog(*infos), config)  # type: ignore[arg-type]
     assert {d.step: (d.action, d.reason) for d in plan.decisions} == expected
+    pins = {i.step for i in infos if i.pin is not None}  # type: ignore[attr-defined]
     for d in plan.decisions:
-        if d.reason is Reason.pinned:
-            assert d.detail.startswith("pinned: best eval loss 2.31; ")
+        assert d.pin_note == ("best eval loss 2.31" if d.step in pins else None)
 
 
 def test_unpinned_checkpoint_is_collected_by_the_next_gc(tmp_path: Path) -> None:
@@ -79,7 +79,8 @@ def test_unpinned_checkpoint_is_collected_by_the_next_gc(tmp_path: Path) -> None
     config = CheckpointConfig(keep_last_n=1)
     pin_checkpoint(root, 10, note="paper table 2")
     first = collect_garbage(root, config)
-    assert first.plan.decision_for(10).reason is Reason.pinned  # type: ignore[union-attr]
+    assert decision_for(first.plan, 10).reason is Reason.pinned
+    assert decision_for(first.plan, 10).pin_note == "paper table 2"
     assert sorted(p.name for p in root.glob("step_*")) == ["step_10", "step_40"]
     assert unpin_checkpoint(root, 10).removed == dataclasses.replace(
         read_pin_fields(first), note="paper table 2"
@@ -162,7 +163,8 @@ def test_an_unreadable_pin_file_still_pins(tmp_path: Path, content: bytes | None
     pin, warning = read_pin(root / "step_10")
     assert pin == Pin() and warning is not None and "counts as pinned" in warning
     result = collect_garbage(root, CheckpointConfig(keep_last_n=1))
-    assert result.plan.decision_for(10).reason is Reason.pinned  # type: ignore[union-attr]
+    assert decision_for(result.plan, 10).reason is Reason.pinned
+    assert decision_for(result.plan, 10).pin_note is None  # an unreadable pin has no note
     assert [d.step for d in result.applied.deleted] == [20]  # type: ignore[union-attr]
     assert any("counts as pinned" in w for w in result.catalog.get(10).warnings)  # type: ignore[union-attr]
 

@@ -10,16 +10,19 @@ from pathlib import Path
 import pytest
 
 from kempnerforge.checkpoint.store.files import LatestLink
+from kempnerforge.checkpoint.store.pins import Pin
 from kempnerforge.checkpoint.store.records import Catalog, CheckpointInfo, SkippedEntry
 from kempnerforge.checkpoint.store.retention import (
     IN_FLIGHT_GRACE_S,
     Action,
     Decision,
+    MilestoneSource,
     Reason,
     RetentionPlan,
     plan_retention,
 )
 from kempnerforge.config.checkpoint import CheckpointConfig, DynamicCheckpointWindow
+from tests.checkpoint._trees import decision_for
 
 ROOT = Path("/nonexistent/ckpt")  # plans never touch the filesystem
 NOW_S = 2_000_000_000.0  # the scan time of the catalogs that record one
@@ -288,8 +291,25 @@ def test_retention_table(case: Case) -> None:
     got = {d.step: (d.action, d.reason) for d in plan.decisions}
     assert got == case.expected
     assert [d.step for d in plan.decisions] == sorted(case.expected)
-    assert all(d.detail for d in plan.decisions)
     assert plan.keep_last_n == case.keep_last_n
+    check_facts(plan)
+
+
+def check_facts(plan: RetentionPlan) -> None:
+    """Every decision carries the facts its reason is worded from (``kf-ckpt`` words them)."""
+    for d in plan.decisions:
+        assert d.keep_last_n == plan.keep_last_n and d.pending_kind is None and d.writer is None
+        assert d.complete == (d.incomplete_reason is None)
+        if d.reason is Reason.within_keep_last_n:
+            assert d.rank is not None and 1 <= d.rank <= plan.keep_last_n
+        if d.reason is Reason.milestone:
+            assert d.milestone is not None
+        if d.reason is Reason.unreadable:
+            assert d.scan_error is not None
+        if d.reason in (Reason.abandoned_incomplete, Reason.newest_complete):
+            assert d.newest_step is not None
+    ranks = sorted(d.rank for d in plan.decisions if d.rank is not None)
+    assert ranks == list(range(1, len(ranks) + 1))  # 1 is the newest, no gaps
 
 
 @dataclass(frozen=True)
@@ -301,6 +321,7 @@ class GraceCase:
     """Seconds between its newest mtime and the scan; None: a catalog without a scan time."""
     expected: Reason
     detail: str
+    """What ``kf-ckpt`` says of it (checked by ``tests/cli/test_decisions.py``)."""
     grace_s: float | None = None
     """``in_flight_grace_s`` passed to plan_retention (None: the default)."""
 
@@ -308,14 +329,14 @@ class GraceCase:
 GRACE_CASES = [
     GraceCase("written-2-min-ago", 120.0, Reason.in_flight, "written 2 min ago; a save may still"),
     GraceCase("written-5-s-ago", 5.0, Reason.in_flight, "written 5 s ago"),
-    GraceCase("exactly-at-the-grace-boundary", 3600.0, Reason.in_flight, "written 60 min ago"),
+    GraceCase("exactly-at-the-grace-boundary", 3600.0, Reason.in_flight, "written 1 h ago"),
     GraceCase(
         "just-past-the-grace-boundary", 3600.5, Reason.abandoned_incomplete, "older than step 1000"
     ),
     GraceCase(
         "written-3-days-ago", 3 * 86400.0, Reason.abandoned_incomplete, "older than step 1000"
     ),
-    GraceCase("mtime-after-the-scan-started", -30.0, Reason.in_flight, "written 0 s ago"),
+    GraceCase("mtime-after-the-scan-started", -30.0, Reason.in_flight, "written in the future"),
     GraceCase("unknown-mtime-never-judged-stale", float("nan"), Reason.in_flight, "unknown time"),
     GraceCase(
         "catalog-without-scan-time", None, Reason.abandoned_incomplete, "older than step 1000"
@@ -323,7 +344,9 @@ GRACE_CASES = [
     GraceCase(
         "override-shorter-grace", 120.0, Reason.abandoned_incomplete, "older than", grace_s=60.0
     ),
-    GraceCase("override-at-its-boundary", 60.0, Reason.in_flight, "written 60 s ago", grace_s=60.0),
+    GraceCase(
+        "override-at-its-boundary", 60.0, Reason.in_flight, "written 1 min ago", grace_s=60.0
+    ),
     GraceCase(
         "override-longer-grace", 5 * 3600.0, Reason.in_flight, "written 5 h ago", grace_s=86400.0
     ),
@@ -332,10 +355,9 @@ GRACE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", GRACE_CASES, ids=[c.id for c in GRACE_CASES])
-def test_in_flight_grace_table(case: GraceCase) -> None:
-    # A rollback: the run resumed from step_500 (latest) and is saving step_600, while
-    # step_700 .. step_1000 of the abandoned timeline are complete.
+def grace_plan(case: GraceCase) -> RetentionPlan:
+    """A rollback: the run resumed from step_500 (latest) and is saving step_600, while
+    step_700 .. step_1000 of the abandoned timeline are complete."""
     idle_s = 0.0 if case.idle_s is None else case.idle_s
     cat = catalog(
         info(500, latest=True),
@@ -343,14 +365,25 @@ def test_in_flight_grace_table(case: GraceCase) -> None:
         *_c([700, 800, 900, 1000]),
         scanned_at_s=None if case.idle_s is None else NOW_S,
     )
-    config = CheckpointConfig(keep_last_n=2)
     kwargs = {} if case.grace_s is None else {"in_flight_grace_s": case.grace_s}
-    plan = plan_retention(cat, config, **kwargs)
-    decision = plan.decision_for(600)
-    assert decision is not None and decision.reason is case.expected
+    return plan_retention(cat, CheckpointConfig(keep_last_n=2), **kwargs)
+
+
+@pytest.mark.parametrize("case", GRACE_CASES, ids=[c.id for c in GRACE_CASES])
+def test_in_flight_grace_table(case: GraceCase) -> None:
+    plan = grace_plan(case)
+    decision = decision_for(plan, 600)
+    assert decision.reason is case.expected
     assert decision.action is (Action.keep if case.expected is Reason.in_flight else Action.delete)
-    assert case.detail in decision.detail
-    assert decision.detail.startswith("incomplete (no .metadata), ")
+    # The facts its detail is worded from: its state, the step it lies below, its idle time.
+    assert not decision.complete and decision.incomplete_reason == "no .metadata"
+    assert decision.newest_step == 1000 and decision.rank is None
+    if case.idle_s is None:
+        assert decision.idle_s is None
+    elif case.idle_s != case.idle_s:
+        assert decision.idle_s is not None and decision.idle_s != decision.idle_s  # NaN
+    else:
+        assert decision.idle_s == case.idle_s
     others = {d.step: d.reason for d in plan.decisions if d.step != 600}
     assert others == {
         500: Reason.latest,
@@ -359,6 +392,7 @@ def test_in_flight_grace_table(case: GraceCase) -> None:
         900: Reason.within_keep_last_n,
         1000: Reason.within_keep_last_n,
     }
+    assert {d.step: d.rank for d in plan.decisions if d.rank is not None} == {1000: 1, 900: 2}
 
 
 def test_grace_applies_only_to_incomplete_checkpoints_and_keeps_others_rules() -> None:
@@ -382,8 +416,10 @@ def test_grace_applies_only_to_incomplete_checkpoints_and_keeps_others_rules() -
         600: Reason.in_flight,
     }
     keep_all = plan_retention(cat, CheckpointConfig(keep_last_n=0))
-    assert keep_all.decision_for(200).reason is Reason.in_flight  # type: ignore[union-attr]
-    assert "newer than step 500" in keep_all.decision_for(600).detail  # type: ignore[union-attr]
+    assert decision_for(keep_all, 200).reason is Reason.in_flight
+    newer = decision_for(keep_all, 600)  # in flight as newer than step 500, however idle
+    assert newer.reason is Reason.in_flight and newer.newest_step == 500
+    assert newer.idle_s == 10 * IN_FLIGHT_GRACE_S
 
 
 def test_plan_totals_and_views() -> None:
@@ -393,8 +429,8 @@ def test_plan_totals_and_views() -> None:
     assert [d.step for d in plan.to_keep] == [3]
     assert plan.bytes_freed == 30
     assert plan.root == ROOT
-    assert plan.decision_for(2) is not None and plan.decision_for(2).action is Action.delete  # type: ignore[union-attr]
-    assert plan.decision_for(99) is None
+    assert decision_for(plan, 2).action is Action.delete
+    assert 99 not in {d.step for d in plan.decisions}
 
 
 def test_plan_is_pure_and_frozen() -> None:
@@ -420,12 +456,34 @@ def test_planned_decisions_are_those_the_constructor_makes() -> None:
             decision.step = 9  # type: ignore[misc]
 
 
-def test_window_milestone_detail_names_the_window() -> None:
+def test_a_milestone_decision_names_its_source() -> None:
     config = CheckpointConfig(dyn_ckpt_window=DynamicCheckpointWindow(start=0, stop=16))
     plan = plan_retention(catalog(info(4), info(5)), config)
-    assert "[0, 16] (power2)" in plan.decisions[0].detail
+    window = MilestoneSource(recorded=False, start=0, stop=16, strategy="power2")
+    assert plan.decisions[0].reason is Reason.milestone and plan.decisions[0].milestone == window
+    assert plan.decisions[1].milestone is None
     recorded = plan_retention(catalog(info(4, milestone=True), info(5)), CheckpointConfig())
-    assert "recorded in metadata.json" in recorded.decisions[0].detail
+    assert recorded.decisions[0].milestone == MilestoneSource(recorded=True)
+    # Both at once: the config's window is named (it is what a reader can change).
+    both = plan_retention(catalog(info(4, milestone=True), info(5)), config)
+    assert both.decisions[0].milestone == window
+
+
+def test_facts_are_recorded_whatever_the_reason() -> None:
+    pin = dataclasses.replace(info(20), pin=Pin(note="best eval loss"))
+    cat = catalog(info(10), pin, info(30), info(40, latest=True), scanned_at_s=NOW_S)
+    plan = plan_retention(cat, CheckpointConfig(keep_last_n=2))
+    got = {d.step: (d.reason, d.rank, d.newest_step, d.pin_note, d.idle_s) for d in plan.decisions}
+    assert got == {
+        10: (Reason.beyond_keep_last_n, None, 40, None, None),
+        20: (Reason.pinned, None, 40, "best eval loss", None),  # pins use up no slot
+        30: (Reason.within_keep_last_n, 2, 40, None, None),
+        40: (Reason.latest, 1, 40, None, None),  # the latest target ranks too
+    }
+    unpolicied = plan_retention(cat, None)
+    assert {(d.reason, d.keep_last_n, d.rank) for d in unpolicied.decisions} == {
+        (Reason.no_policy, None, None)
+    }
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -453,6 +511,7 @@ def test_random_catalogs_keep_the_invariants(seed: int) -> None:
     grace_s = rng.choice([IN_FLIGHT_GRACE_S, 60.0])
     plan = plan_retention(catalog(*infos, scanned_at_s=NOW_S), config, in_flight_grace_s=grace_s)
     _check_invariants(plan, infos, config)
+    check_facts(plan)
     recent = {i.step for i in infos if not i.complete and NOW_S - i.mtime_s <= grace_s}
     assert recent <= {d.step for d in plan.to_keep}
 
