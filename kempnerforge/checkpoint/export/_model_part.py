@@ -36,10 +36,9 @@ from kempnerforge.checkpoint.store.layout import guess_step, pp_stage_dirs
 from kempnerforge.checkpoint.store.recorded import read_metadata_json
 from kempnerforge.errors import ExportError
 
-__all__ = ["MODEL_KEY", "NON_MODEL_GROUPS", "OPTIMIZER_KEY", "plan_model_part"]
+__all__ = ["MODEL_KEY", "NON_MODEL_GROUPS", "plan_model_part"]
 
 MODEL_KEY = "model"
-OPTIMIZER_KEY = "optimizer"
 NON_MODEL_GROUPS = (
     "optimizer",
     "optim",

@@ -41,12 +41,6 @@ class TrashEmptier:
         self._again = False  # more victims were moved in while the thread was emptying
         self._problems: list[str] = []  # errors not yet taken by the caller
 
-    @property
-    def running(self) -> bool:
-        """The thread is emptying the trash right now."""
-        with self._mutex:
-            return self._thread is not None
-
     def start(self) -> None:
         """Start emptying; if the thread is already at it, make it list the trash once more."""
         with self._mutex:

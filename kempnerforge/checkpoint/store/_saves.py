@@ -18,7 +18,6 @@ __all__ = [
     "check_max_steps",
     "interval_spans",
     "is_saved",
-    "save_steps",
     "split_span",
     "window_saves",
 ]
@@ -76,17 +75,6 @@ def window_saves(config: CheckpointConfig, max_steps: int) -> list[int]:
 def is_saved(config: CheckpointConfig, max_steps: int, step: int) -> bool:
     """Does a run of ``max_steps`` steps save ``step``? (Without listing its saves.)"""
     return 1 <= step <= max_steps and config.should_save(step)
-
-
-def save_steps(config: CheckpointConfig, max_steps: int) -> list[int]:
-    """The steps in ``1 .. max_steps`` at which ``config.should_save`` is true, in order.
-
-    A list of every save: for short runs and tests (:func:`simulate_run` never builds it).
-    """
-    check_max_steps(max_steps)
-    before, after = interval_spans(config, max_steps)
-    spans = [range(s.first, s.last + 1, s.every) if s.count else range(0) for s in (before, after)]
-    return [*spans[0], *window_saves(config, max_steps), *spans[1]]
 
 
 def check_max_steps(max_steps: int) -> None:

@@ -73,11 +73,6 @@ class BackgroundRetention:
         # them), with the stamps of their directories then: checked once, not every round.
         self._good: dict[str, list[Stamp | None]] = {}
 
-    @property
-    def emptying(self) -> bool:
-        """The background thread is emptying the trash right now."""
-        return self._emptier.running
-
     def run_round(
         self, config: CheckpointConfig, *, saved_step: int | None = None
     ) -> GcResult | None:

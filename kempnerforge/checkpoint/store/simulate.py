@@ -38,14 +38,13 @@ from kempnerforge.checkpoint.store._saves import (
     check_max_steps,
     interval_spans,
     is_saved,
-    save_steps,
     split_span,
     window_saves,
 )
 from kempnerforge.checkpoint.store.retention import Reason
 from kempnerforge.config.checkpoint import CheckpointConfig
 
-__all__ = ["RunSimulation", "SaveRun", "SimulatedSave", "is_saved", "save_steps", "simulate_run"]
+__all__ = ["RunSimulation", "SaveRun", "SimulatedSave", "is_saved", "simulate_run"]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -189,9 +189,17 @@ def test_one_emptier_thread_empties_the_trash_and_close_waits_for_it(
     assert running <= 1
     assert _steps(tmp_path) == [4]
     assert not (tmp_path / TRASH_NAME).exists()
-    assert not _emptiers() and not retention.emptying
+    assert not _emptiers()
     assert "retention moved step_1, step_2 into .kf-trash (size unknown)" in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+    # The finished thread let go of its slot: a later round starts a new one, which empties.
+    make_checkpoint(tmp_path, 5, files=10)
+    update_latest(tmp_path, 5)
+    third = retention.run_round(config)
+    assert retention.close() is True
+    assert third is not None and [d.step for d in third.applied.in_trash] == [4]  # type: ignore[union-attr]
+    assert _steps(tmp_path) == [5] and not (tmp_path / TRASH_NAME).exists()
 
 
 def test_background_errors_are_logged_surfaced_at_the_next_round_and_retried(

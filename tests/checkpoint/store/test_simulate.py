@@ -16,7 +16,7 @@ from kempnerforge.checkpoint.store.layout import step_dir_name
 from kempnerforge.checkpoint.store.pins import Pin
 from kempnerforge.checkpoint.store.records import Catalog, CheckpointInfo
 from kempnerforge.checkpoint.store.retention import Reason, plan_retention
-from kempnerforge.checkpoint.store.simulate import save_steps, simulate_run
+from kempnerforge.checkpoint.store.simulate import simulate_run
 from kempnerforge.config.checkpoint import CheckpointConfig, DynamicCheckpointWindow
 from kempnerforge.config.registry import registry
 
@@ -110,7 +110,6 @@ def test_simulation_matches_the_obvious_replay(config: CheckpointConfig, max_ste
     saves = list(sim.iter_saves())
     steps = [s.step for s in saves]
     assert steps == [s for s in range(1, max_steps + 1) if config.should_save(s)]
-    assert steps == save_steps(config, max_steps)
     assert sim.save_count == len(saves)
     assert {s.step: (s.survives, s.reason) for s in saves} == fates
     assert sim.milestones == tuple(s for s in steps if config.is_dynamic_milestone(s))
@@ -177,6 +176,6 @@ def test_pins_match_the_obvious_replay(config: CheckpointConfig, max_steps: int,
     assert sim.pins == tuple(sorted(pins)) == tuple(s.step for s in saves if s.pinned)
 
 
-def test_save_steps_rejects_a_negative_step_count():
+def test_a_negative_step_count_is_refused():
     with pytest.raises(ValueError, match="max_steps must be a non-negative integer, got -1"):
-        save_steps(CheckpointConfig(), -1)
+        simulate_run(CheckpointConfig(), -1)
