@@ -1,4 +1,4 @@
-"""Options and helpers shared by several ``kf-ckpt`` commands (parsing and rendering only)."""
+"""Options shared by several ``kf-ckpt`` commands, their parsers, and :func:`gc_paused`."""
 
 from __future__ import annotations
 

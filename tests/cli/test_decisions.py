@@ -17,8 +17,8 @@ from kempnerforge.checkpoint.store.layout import PendingKind, inflight_dir_name,
 from kempnerforge.checkpoint.store.lease import Lease, LeaseState, LeaseVerdict
 from kempnerforge.checkpoint.store.pins import Pin
 from kempnerforge.checkpoint.store.retention import Reason, RetentionPlan, plan_retention
-from kempnerforge.cli._decisions import decision_detail, lease_text, ordinal
-from kempnerforge.cli._render import human_age, human_duration
+from kempnerforge.cli.render import human_age, human_duration
+from kempnerforge.cli.render._decisions import decision_detail, lease_text, ordinal
 from kempnerforge.config.checkpoint import CheckpointConfig, DynamicCheckpointWindow
 from tests._cli import invoke, run_installed
 from tests.checkpoint._trees import decision_for, make_checkpoint, make_root, set_mtime

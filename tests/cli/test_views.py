@@ -41,6 +41,11 @@ def test_a_command_takes_only_printing_helpers_and_its_own_view(module: str) -> 
     assert views <= {module.rsplit(".", 1)[1]}, f"{module} uses another command's view"
 
 
+def test_every_command_has_a_view() -> None:
+    views = {path.stem for path in RENDER.glob("*.py") if not path.stem.startswith("_")}
+    assert views == {module.rsplit(".", 1)[1] for module in COMMAND_MODULES}
+
+
 @pytest.mark.parametrize("view", sorted(p.name for p in RENDER.glob("*.py") if p.stem[0] != "_"))
 def test_a_view_is_pure(view: str) -> None:
     found = imports_of(RENDER / view)

@@ -3,14 +3,19 @@
 The command modules (``kempnerforge.cli.<command>``) parse options, call the library and hand
 its result to a view here; the library records carry raw numbers (bytes, seconds, steps) and
 this package is the only place where they become text (``1.9 GB``, ``3 h ago``, a table).
+The library's own messages (errors, notes, skip reasons), which also reach training logs, are
+printed as they come, with the command-line hint of an error's remedy added here.
 
-* This ``__init__`` re-exports the shared pieces: formatters (``human_age``, ``human_bytes``,
-  ``render_table``, ...), the JSON documents' common parts, the error hints, and the helpers
-  that print in the house format (``echo_json``, ``echo_warnings``, ``echo_notes``).
+* This ``__init__`` re-exports the shared pieces: the formatters (``_format``: ``human_age``,
+  ``human_bytes``, ``render_table``, ...), retention decisions in words (``_decisions``), the
+  parts the JSON documents share (``_documents``), the error hints (``_errors``), and the
+  helpers that print in the house format (``_echo``: ``echo_json``, ``echo_warnings``,
+  ``echo_notes``, ``progress_bar``).
 * One view module per command (``render.ls``, ``render.gc``, ``render.plan``, ``render.mark``,
   ``render.pin``, ``render.show``, ``render.stats``, ``render.diff``, ``render.trace``,
   ``render.export``): pure functions from a library result to text or to a JSON-ready dict.
   They are imported by their command only, so that a command loads its own view alone.
+  ``_pending`` is the part of the ``ls`` view about saves not yet published.
 
 Usage errors about the command line itself (a bad ``--window``, two exclusive flags) stay next
 to the option they check, as Click has it. The JSON documents are described in
@@ -20,30 +25,30 @@ changes meaning or goes away.
 
 from __future__ import annotations
 
-from kempnerforge.cli._render import (
+from kempnerforge.cli._text import escape
+from kempnerforge.cli.render._decisions import reason_text
+from kempnerforge.cli.render._documents import (
     FORMAT_VERSION,
-    NOW_ENV,
-    REMEDY_HINTS,
     catalog_warnings,
     config_document,
-    echo_json,
-    echo_warnings,
-    error_text,
-    escape,
+    skipped_document,
+)
+from kempnerforge.cli.render._echo import echo_json, echo_notes, echo_warnings, progress_bar
+from kempnerforge.cli.render._errors import REMEDY_HINTS, error_text
+from kempnerforge.cli.render._format import (
+    NOW_ENV,
     human_age,
     human_bytes,
     human_count,
+    human_duration,
     human_float,
     now_s,
     plural,
-    reason_text,
     render_table,
-    rule_text,
-    skipped_document,
+    shape_text,
     sparkline,
+    step_note,
 )
-from kempnerforge.cli.render._echo import echo_notes, progress_bar
-from kempnerforge.cli.render._format import shape_text, step_note
 
 __all__ = [
     "FORMAT_VERSION",
@@ -59,13 +64,13 @@ __all__ = [
     "human_age",
     "human_bytes",
     "human_count",
+    "human_duration",
     "human_float",
     "now_s",
     "plural",
     "progress_bar",
     "reason_text",
     "render_table",
-    "rule_text",
     "shape_text",
     "skipped_document",
     "sparkline",

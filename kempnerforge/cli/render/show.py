@@ -9,15 +9,27 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kempnerforge.cli.render import escape, human_bytes, render_table, rule_text, shape_text
+from kempnerforge.cli.render import escape, human_bytes, render_table, shape_text
 
 if TYPE_CHECKING:
     from kempnerforge.checkpoint.export.contents import CheckpointContents
 
-__all__ = ["MAX_GROUPS", "show_document", "show_text"]
+__all__ = ["MAX_GROUPS", "rule_text", "show_document", "show_text"]
 
 MAX_GROUPS = 12
 """Groups listed on the ``groups:`` line; more are counted."""
+
+_RULE_TEXT = {
+    "model_group": "the 'model' group",
+    "outside_non_model_groups": "the rule for checkpoints without a 'model' group "
+    "(everything outside optimizer, lr_scheduler, dataloader, train_state, ...)",
+    "include_patterns": "--include",
+}
+
+
+def rule_text(rule: str) -> str:
+    """How ``show`` names the rule that chose a checkpoint's model part."""
+    return _RULE_TEXT.get(str(rule), str(rule))
 
 
 def show_text(contents: CheckpointContents) -> str:

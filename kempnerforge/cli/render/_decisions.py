@@ -1,9 +1,10 @@
 """How ``kf-ckpt`` words a retention decision, from the facts the decision carries.
 
+:func:`reason_text` names the reason (the ``why`` of the ``ls``, ``gc`` and ``plan`` tables);
 :func:`decision_detail` is the one place: the ``detail`` of ``kf-ckpt gc --json``, the
 ``gc_detail`` of ``kf-ckpt ls --json`` (checkpoints and saves not yet published) and the ``why``
 of a pending save's row in the ``ls`` table all come from it. Ages use
-:func:`~kempnerforge.cli._render.human_age`, the formatter of ``ls``'s age column, so that one
+:func:`~kempnerforge.cli.render.human_age`, the formatter of ``ls``'s age column, so that one
 save reads the same age everywhere.
 """
 
@@ -14,9 +15,30 @@ from collections.abc import Callable
 from kempnerforge.checkpoint.store.decisions import Decision, MilestoneSource, Reason
 from kempnerforge.checkpoint.store.layout import LEASE_NAME, PendingKind
 from kempnerforge.checkpoint.store.lease import LeaseState, LeaseVerdict
-from kempnerforge.cli._render import human_age, human_duration
+from kempnerforge.cli.render._format import human_age, human_duration
 
-__all__ = ["decision_detail", "lease_text", "milestone_text", "ordinal"]
+__all__ = ["decision_detail", "lease_text", "milestone_text", "ordinal", "reason_text"]
+
+_REASON_TEXT = {
+    "latest": "latest",
+    "milestone": "dynamic milestone",
+    "corrupt": "corrupt: never deleted automatically",
+    "in_flight": "in flight: a save may be writing it",
+    "unreadable": "unreadable: kept until it can be judged",
+    "within_keep_last_n": "within keep_last_n={}",
+    "newest_complete": "newest complete",
+    "keep_all": "keep_last_n={} keeps all",
+    "pinned": "pinned",
+    "no_policy": "no retention policy",
+    "beyond_keep_last_n": "beyond keep_last_n={}",
+    "abandoned_incomplete": "abandoned incomplete save",
+}
+
+
+def reason_text(reason: Reason, keep_last_n: int) -> str:
+    """A retention reason in words, with the keep_last_n it was planned with."""
+    text = _REASON_TEXT.get(str(reason))
+    return str(reason).replace("_", " ") if text is None else text.format(keep_last_n)
 
 
 def decision_detail(d: Decision) -> str:

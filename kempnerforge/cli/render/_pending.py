@@ -1,4 +1,4 @@
-"""The ``kf-ckpt ls`` view of saves not yet published, and of the root's lineage.
+"""The part of the ``kf-ckpt ls`` view about saves not yet published, and the root's lineage.
 
 In-flight saves (``.kf-inflight.step_<N>.<id>``) and old copies set aside by a re-save
 (``.kf-replaced.step_<N>.<id>``) are listed under their step, after the checkpoints: status
@@ -16,8 +16,8 @@ from kempnerforge.checkpoint.store.layout import PendingKind
 from kempnerforge.checkpoint.store.lineage import off_lineage
 from kempnerforge.checkpoint.store.records import Catalog
 from kempnerforge.checkpoint.store.retention import Decision, Reason, RetentionPlan
-from kempnerforge.cli._decisions import decision_detail
-from kempnerforge.cli._render import human_age, human_bytes, plural
+from kempnerforge.cli.render import human_age, human_bytes, plural
+from kempnerforge.cli.render._decisions import decision_detail
 
 __all__ = ["lineage_document", "pending_document", "pending_footer", "pending_rows"]
 
