@@ -29,7 +29,7 @@ class PinsMixin:
     root: Path
     rank: int
 
-    def _in_flight_step(self) -> int | None:  # provided by the manager
+    def _in_flight_step(self) -> int | None:  # provided by PublishingMixin (_publishing.py)
         raise NotImplementedError
 
     def pin(self, step: int, note: str | None = None) -> None:
