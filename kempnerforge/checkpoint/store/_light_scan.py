@@ -30,12 +30,12 @@ import os
 import stat
 import time
 from pathlib import Path
-from typing import Any
 
+from kempnerforge.checkpoint.store._facts import checkpoint_facts
 from kempnerforge.checkpoint.store._pending import scan_pending
 from kempnerforge.checkpoint.store._scan_cache import ScanCache
-from kempnerforge.checkpoint.store._walk import StepWalk, checkpoint_fields, walk_step_dir
-from kempnerforge.checkpoint.store.catalog import _checkpoint_info, check_root
+from kempnerforge.checkpoint.store._walk import StepWalk, walk_step_dir
+from kempnerforge.checkpoint.store.catalog import check_root
 from kempnerforge.checkpoint.store.files import read_latest
 from kempnerforge.checkpoint.store.layout import (
     DCP_METADATA,
@@ -46,7 +46,7 @@ from kempnerforge.checkpoint.store.layout import (
 from kempnerforge.checkpoint.store.lease import file_system_now
 from kempnerforge.checkpoint.store.owner import read_owner
 from kempnerforge.checkpoint.store.recorded import pp_stages_of, read_metadata_json
-from kempnerforge.checkpoint.store.records import Catalog, CheckpointInfo
+from kempnerforge.checkpoint.store.records import Catalog, CheckpointFacts, CheckpointInfo
 from kempnerforge.errors import CheckpointRootError
 
 __all__ = ["probe_complete", "scan_light"]
@@ -91,12 +91,11 @@ def scan_light(root: str | Path, *, use_cache: bool = True) -> Catalog:
             step = parse_step(entry.name)
             if step is None or not entry.is_dir(follow_symlinks=False):
                 continue
-            fields = cache.lookup(entry) or _probed(root_fd, entry.name, step)
-            if fields is None:
+            facts = cache.lookup(entry) or _probed(root_fd, entry.name, step)
+            if facts is None:
                 continue  # removed meanwhile (a concurrent gc)
-            fields["step"], fields["path"] = step, path / entry.name
-            fields["is_latest"] = step == latest.step
-            checkpoints.append(_checkpoint_info(fields))
+            info = facts.to_info(step=step, path=path / entry.name, is_latest=step == latest.step)
+            checkpoints.append(info)
         clock_s = None
         if pending_names or any(not c.complete for c in checkpoints):
             clock_s = file_system_now(path)
@@ -130,7 +129,7 @@ def probe_complete(root_fd: int, name: str) -> bool:
     stages = _recorded_stages(root_fd, name, pp_stages_of(meta.data))
     if stages is None:
         walk = walk_step_dir(root_fd, name)
-        return not walk.vanished and checkpoint_fields(root_fd, name, 0, walk)["complete"]
+        return not walk.vanished and checkpoint_facts(root_fd, name, 0, walk).complete
     has_marker, found, empty = stages
     verdict = assess_complete(
         has_dcp_metadata=has_marker, stages=found, pp_stages=pp_stages_of(meta.data)
@@ -138,8 +137,8 @@ def probe_complete(root_fd: int, name: str) -> bool:
     return verdict.complete and not empty
 
 
-def _probed(root_fd: int, name: str, step: int) -> dict[str, Any] | None:
-    """The fields of step directory ``name`` from a probe; a full walk when it is not complete."""
+def _probed(root_fd: int, name: str, step: int) -> CheckpointFacts | None:
+    """What a probe tells of step directory ``name``; a full walk when it is not complete."""
     try:
         own = os.lstat(name, dir_fd=root_fd)
     except FileNotFoundError:
@@ -155,17 +154,15 @@ def _probed(root_fd: int, name: str, step: int) -> dict[str, Any] | None:
                 mtime_s=own.st_mtime,
                 has_dcp_metadata=has_marker,
                 stages=dict(found),
-                has_pin=True,  # not listed: checkpoint_fields tries to open the pin file
+                has_pin=True,  # not listed: checkpoint_facts tries to open the pin file
                 empty_markers=empty,  # a 0-byte .metadata: corrupt, as the walk finds it
             )
-            fields = checkpoint_fields(root_fd, name, step, probe, meta=meta)
-            fields["size_known"] = False
-            return fields
+            return checkpoint_facts(root_fd, name, step, probe, meta=meta, size_known=False)
     # Incomplete (the grace rule needs its newest mtime) or stages not recorded: walk it.
     walk = walk_step_dir(root_fd, name)
     if walk.vanished:
         return None
-    return checkpoint_fields(root_fd, name, step, walk, meta=meta)
+    return checkpoint_facts(root_fd, name, step, walk, meta=meta)
 
 
 def _recorded_stages(

@@ -1,7 +1,7 @@
 """One walk of a checkpoint directory: size, file count, newest mtime, completeness markers.
 
-:func:`checkpoint_fields` turns a walk and the checkpoint's metadata.json into the fields of a
-:class:`~kempnerforge.checkpoint.store.records.CheckpointInfo`.
+:func:`~kempnerforge.checkpoint.store._facts.checkpoint_facts` turns a walk and the checkpoint's
+metadata.json into a :class:`~kempnerforge.checkpoint.store.records.CheckpointFacts`.
 
 This is the hot loop of :func:`kempnerforge.checkpoint.store.catalog.scan` (thousands of
 checkpoints,
@@ -11,42 +11,27 @@ followed: only entries whose ``lstat`` says "directory" are descended into, and 
 with ``O_NOFOLLOW``.
 
 The walk also records the stamps the scan cache validates against (see
-:mod:`kempnerforge.checkpoint.store._scan_cache`): the ``(dev, ino, mtime_ns, ctime_ns)`` of every
-directory and of ``metadata.json``, each taken *before* the directory is listed or the file is
-read, so any later change shows up as a different stamp.
+:mod:`kempnerforge.checkpoint.store._scan_cache`): the
+:data:`~kempnerforge.checkpoint.store._cache_file.Stamp` of every directory and of
+``metadata.json``, each taken *before* the directory is listed or the file is read, so any later
+change shows up as a different stamp.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import Any
 
+from kempnerforge.checkpoint.store._cache_file import Stamp, stamp_of
 from kempnerforge.checkpoint.store.layout import (
     DCP_METADATA,
     METADATA_JSON,
     PIN_NAME,
-    Completeness,
-    assess_complete,
     parse_pp_stage,
 )
-from kempnerforge.checkpoint.store.metrics import recorded_metrics
-from kempnerforge.checkpoint.store.pins import read_pin
-from kempnerforge.checkpoint.store.recorded import MetadataRead, pp_stages_of, read_metadata_json
 
-__all__ = ["Stamp", "StepWalk", "checkpoint_fields", "stamp_of", "walk_step_dir"]
-
-Stamp = tuple[int, int, int, int]
-"""``(st_dev, st_ino, st_mtime_ns, st_ctime_ns)``: changes whenever an entry is added, removed
-or renamed in a directory, or a file is rewritten; a replacement has another inode or ctime."""
-
-
-def stamp_of(st: os.stat_result) -> Stamp:
-    """The :data:`Stamp` of a stat result."""
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
-
+__all__ = ["Stamp", "StepWalk", "stamp_of", "walk_step_dir"]  # stamps: the cache file's
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _S_IFMT, _S_IFDIR = 0o170000, stat.S_IFDIR
@@ -187,102 +172,3 @@ def _is_file(dir_fd: int, mode: int) -> bool:
         return stat.S_ISLNK(mode) and stat.S_ISREG(os.stat(DCP_METADATA, dir_fd=dir_fd).st_mode)
     except OSError:
         return False
-
-
-def checkpoint_fields(
-    root_fd: int, name: str, step: int, walk: StepWalk, *, meta: MetadataRead | None = None
-) -> dict[str, Any]:
-    """The ``CheckpointInfo`` fields (all but step, path and is_latest) of step directory
-    ``name`` of the root open as ``root_fd``: what ``walk`` found, plus its metadata.json
-    (read here unless the caller already read it as ``meta``)."""
-    if meta is None:
-        meta = read_metadata_json(name, dir_fd=root_fd)
-    data = meta.data or {}
-    # A save writes metadata.json early but not first: its absence in an unfinished save is
-    # normal, and warning about it on every cron run would only be noise.
-    quiet = meta.data is None and not walk.has_dcp_metadata and not walk.stages and meta.missing
-    warnings = [*walk.warnings, *([meta.warning] if meta.warning and not quiet else [])]
-    unreadable = [f"pp{k}/" for k, ok in sorted(walk.stages.items()) if ok is None]
-    scan_error = None
-    if not walk.listed or unreadable:
-        scan_error = "cannot read " + (", ".join(unreadable) if walk.listed else f"{name}/")
-    pin, pin_warning = read_pin(name, dir_fd=root_fd) if walk.has_pin else (None, None)
-    if pin_warning:
-        warnings.append(pin_warning)
-    pp_stages = pp_stages_of(data)
-    if walk.stages or pp_stages is not None:
-        status = assess_complete(
-            has_dcp_metadata=walk.has_dcp_metadata,
-            stages={k: bool(ok) for k, ok in walk.stages.items()},
-            pp_stages=pp_stages,
-        )
-    else:
-        status = _single_stage_status(walk.has_dcp_metadata)
-    complete = status.complete and scan_error is None
-    reason = scan_error or status.reason
-    corrupt = complete and bool(walk.empty_markers)
-    if corrupt:
-        where = ", ".join(m for m in walk.empty_markers if m != "./")
-        complete = False
-        reason = f"DCP {DCP_METADATA} is empty (0 bytes)" + (f" in {where}" if where else "")
-    return {
-        "complete": complete,
-        "incomplete_reason": reason,
-        "tokens_seen": _recorded_int(data, "tokens_seen", warnings),
-        "dynamic_milestone": _recorded_flag(data, warnings),
-        "recorded_config": _recorded_config(data, warnings),
-        "metrics": recorded_metrics(data, warnings),
-        "pin": pin,
-        "size_bytes": walk.size_bytes,
-        "file_count": walk.file_count,
-        "mtime_s": walk.mtime_s,
-        "warnings": tuple(warnings + _step_mismatch(data, step)),
-        "scan_error": scan_error,
-        "size_known": True,
-        "corrupt": corrupt,
-        "verified": False,
-        "run_id": _recorded_str(data, "run_id"),
-    }
-
-
-@functools.cache
-def _single_stage_status(has_dcp_metadata: bool) -> Completeness:
-    """``assess_complete`` of a checkpoint without pipeline stages: one of two answers, made
-    once rather than once per checkpoint of a cold scan."""
-    return assess_complete(has_dcp_metadata=has_dcp_metadata, stages={})
-
-
-def _recorded_int(data: dict[str, Any], key: str, warnings: list[str]) -> int | None:
-    value = data.get(key)
-    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
-        return value
-    warnings.append(f"metadata.json {key} is not an integer: {value!r}; ignored")
-    return None
-
-
-def _recorded_str(data: dict[str, Any], key: str) -> str | None:
-    value = data.get(key)
-    return value if isinstance(value, str) else None
-
-
-def _recorded_flag(data: dict[str, Any], warnings: list[str]) -> bool:
-    value = data.get("dynamic_milestone", False)
-    if isinstance(value, bool):
-        return value
-    warnings.append(f"metadata.json dynamic_milestone is not true/false: {value!r}; ignored")
-    return False
-
-
-def _recorded_config(data: dict[str, Any], warnings: list[str]) -> dict[str, Any] | None:
-    value = data.get("checkpoint")
-    if value is None or isinstance(value, dict):
-        return value
-    warnings.append(f"metadata.json checkpoint is not a table: {value!r}; ignored")
-    return None
-
-
-def _step_mismatch(data: dict[str, Any], step: int) -> list[str]:
-    recorded = data.get("step")
-    if recorded is None or recorded == step:
-        return []
-    return [f"metadata.json records step {recorded!r}, the directory is step {step}"]

@@ -64,7 +64,7 @@ def test_scan_reports_every_checkpoint(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("use_cache", [False, True])
 def test_scanned_records_are_those_the_constructor_makes(tmp_path: Path, use_cache: bool) -> None:
-    # scan fills the records' dicts directly (cheaper than the frozen __init__): same records.
+    # Walked or taken from the cache, a scanned record is what the constructor makes.
     make_checkpoint(tmp_path, 100, config={"keep_last_n": 2}, mtime_s=OLD_S)
     make_checkpoint(tmp_path, 200, metadata="{corrupt", mtime_s=OLD_S)
     make_checkpoint(tmp_path, 300, complete=False)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kempnerforge.checkpoint.store._walk import stamp_of
+from kempnerforge.checkpoint.store._cache_file import stamp_of
 from kempnerforge.checkpoint.store.catalog import scan
 from kempnerforge.checkpoint.store.collect import collect_garbage
 from kempnerforge.checkpoint.store.files import temp_name, update_latest
