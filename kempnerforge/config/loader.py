@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -73,6 +72,8 @@ def _key(key: Any) -> str:
 
 def _did_you_mean(name: str, choices: Iterable[str]) -> str:
     """``did you mean 'interval'? `` for a near miss, else ``''``."""
+    import difflib  # here: only a mistyped key needs it, and every kf-ckpt ls loads a config
+
     close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
     return f"did you mean {close[0]!r}? " if close else ""
 
@@ -184,6 +185,8 @@ def _no_table_message(path: Path, doc: Mapping[str, Any]) -> str:
     tables = [str(k) for k, v in doc.items() if isinstance(v, dict)]
     shown = ", ".join(f"[{t[:40].encode('unicode_escape').decode()}]" for t in tables[:12])
     has = f"its tables: {shown}" if tables else "it has no tables"
+    import difflib  # here: only a file without the table needs it
+
     close = difflib.get_close_matches("checkpoint", tables, n=1, cutoff=0.6)
     if close:
         return (

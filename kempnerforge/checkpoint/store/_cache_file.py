@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_CACHE_BYTES",
     "CacheEntry",
-    "DirStamps",
     "Stamp",
     "decode_entry",
     "is_cache_entry",
@@ -65,21 +64,16 @@ def stamp_of(st: os.stat_result) -> Stamp:
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
 
-class DirStamps(NamedTuple):
-    """The stamps an entry is valid for, taken by the walk
-    (:mod:`kempnerforge.checkpoint.store._walk`) before it listed or read anything."""
+class CacheEntry(NamedTuple):
+    """One cached checkpoint: the stamps it is valid for, taken by the walk
+    (:mod:`kempnerforge.checkpoint.store._walk`) before it listed or read anything, and what the
+    walk found."""
 
     step_dir: Stamp
     subdirs: dict[str, Stamp]
     """Relative path of every directory below the step directory -> its stamp."""
     metadata: Stamp | None
     """metadata.json's stamp; None when the checkpoint has none."""
-
-
-class CacheEntry(NamedTuple):
-    """One cached checkpoint: what its walk found, and the stamps that say it still holds."""
-
-    stamps: DirStamps
     facts: CheckpointFacts
 
 
@@ -127,37 +121,38 @@ def decode_entry(raw: object, configs: list[object]) -> CacheEntry:
         and type(warnings) is list
         and (not warnings or all(type(w) is str for w in warnings))
         and type(metrics) is dict
-        and all(v is None or type(v) in (int, float) for v in metrics.values())
+        and (not metrics or all(v is None or type(v) in (int, float) for v in metrics.values()))
         and (pin is None or (type(pin) is dict and all(type(k) is str for k in pin)))
         and type(verified) is bool
         and (run_id is None or type(run_id) is str)
     )
     if not ok:
         raise ValueError("malformed cache entry")
-    stamps = DirStamps(
-        step_dir=tuple(own),
-        subdirs={rel: tuple(stamp) for rel, stamp in subdirs.items()},
-        metadata=None if meta is None else tuple(meta),
-    )
+    # Positional, in field order: keywords cost three times as much, in the loop of every scan.
     facts = CheckpointFacts(
-        complete=True,
-        incomplete_reason=None,
-        tokens_seen=tokens,
-        dynamic_milestone=milestone,
-        recorded_config=config,
-        size_bytes=size,
-        file_count=files,
-        mtime_s=mtime,
-        warnings=tuple(warnings),
-        scan_error=None,
-        metrics=metrics,
-        pin=None if pin is None else _pin(pin),
-        size_known=True,
-        corrupt=False,
-        verified=verified,
-        run_id=run_id,
+        True,  # complete: only complete checkpoints are cached
+        None,  # incomplete_reason
+        tokens,
+        milestone,
+        config,
+        size,
+        files,
+        mtime,
+        tuple(warnings),
+        None,  # scan_error
+        metrics,
+        None if pin is None else _pin(pin),
+        True,  # size_known
+        False,  # corrupt
+        verified,
+        run_id,
     )
-    return CacheEntry(stamps, facts)
+    return CacheEntry(
+        tuple(own),
+        {rel: tuple(stamp) for rel, stamp in subdirs.items()} if subdirs else {},
+        None if meta is None else tuple(meta),
+        facts,
+    )
 
 
 def _pin(fields: dict[str, Any]) -> Pin:
@@ -170,10 +165,12 @@ def _pin(fields: dict[str, Any]) -> Pin:
 
 
 def _encode(entry: CacheEntry, ref: int | None) -> list[object]:
-    stamps, f = entry
+    f = entry.facts
     pin = None if f.pin is None else f.pin.to_dict()
     return [
-        *stamps,
+        entry.step_dir,
+        entry.subdirs,
+        entry.metadata,
         f.tokens_seen,
         f.dynamic_milestone,
         ref,

@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING
 
 from kempnerforge.checkpoint.store._cache_file import (
     CacheEntry,
-    DirStamps,
     Stamp,
     decode_entry,
     read_cache,
@@ -88,7 +87,7 @@ class ScanCache:
         try:
             cached = decode_entry(recorded, self._configs)
             st = entry.stat(follow_symlinks=False)
-            if not _unchanged(self._root_fd, name, st, cached.stamps):
+            if not _unchanged(self._root_fd, name, st, cached):
                 return None
         except (OSError, LookupError, TypeError, ValueError, AttributeError):
             return None  # gone, or a malformed entry: walk it
@@ -112,8 +111,7 @@ class ScanCache:
         if not cacheable:
             return
         subdirs = {rel: stamp for rel, stamp in walk.dir_stamps.items() if rel}
-        stamps = DirStamps(walk.dir_stamps[""], subdirs, walk.metadata_stamp)
-        self._fresh[name] = CacheEntry(stamps, facts)
+        self._fresh[name] = CacheEntry(walk.dir_stamps[""], subdirs, walk.metadata_stamp, facts)
         self._changed = True
 
     def mark_verified(self, name: str) -> None:
@@ -141,14 +139,14 @@ class ScanCache:
             write_cache(self._root_fd, self._fresh)
 
 
-def _unchanged(root_fd: int, name: str, st: os.stat_result, stamps: DirStamps) -> bool:
-    """Do ``stamps`` still match the step directory ``name`` (lstat ``st``)?"""
-    if stamp_of(st) != stamps.step_dir:
+def _unchanged(root_fd: int, name: str, st: os.stat_result, cached: CacheEntry) -> bool:
+    """Do the stamps of ``cached`` still match the step directory ``name`` (lstat ``st``)?"""
+    if (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns) != cached.step_dir:
         return False
-    for rel, recorded in stamps.subdirs.items():
+    for rel, recorded in cached.subdirs.items():
         if not _safe_rel(rel) or _stamp_at(root_fd, f"{name}/{rel}") != recorded:
             return False
-    return _stamp_at(root_fd, f"{name}/{METADATA_JSON}") == stamps.metadata
+    return _stamp_at(root_fd, f"{name}/{METADATA_JSON}") == cached.metadata
 
 
 def _stamp_at(root_fd: int, path: str) -> Stamp | None:

@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
-import socket
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from kempnerforge.checkpoint.store._lock import hold_lock
 from kempnerforge.checkpoint.store.files import (
     read_latest,
     unique_suffix,
@@ -31,7 +28,6 @@ from kempnerforge.checkpoint.store.files import (
     write_json_atomic,
 )
 from kempnerforge.checkpoint.store.layout import OWNER_NAME, PUBLISH_LOCK_NAME, parse_step
-from kempnerforge.checkpoint.store.swap import recover_swaps
 from kempnerforge.errors import CheckpointSaveError, LockBusyError, RetentionError
 
 __all__ = ["CLAIM_LOCK_WAIT_S", "Owner", "claim_root", "new_owner", "read_owner", "write_owner"]
@@ -39,8 +35,6 @@ __all__ = ["CLAIM_LOCK_WAIT_S", "Owner", "claim_root", "new_owner", "read_owner"
 _MAX_OWNER_BYTES = 64 * 1024
 CLAIM_LOCK_WAIT_S = 300.0
 """How long taking ownership waits for the locks (a publish, a ``kf-ckpt gc``)."""
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +63,8 @@ def new_owner(
     rolled_back_from: int | None = None,
 ) -> Owner:
     """An owner record for this process with a fresh token."""
+    import socket  # here: every scan reads the owner record, only a manager makes one
+
     return Owner(
         token=unique_suffix(),
         host=socket.gethostname(),
@@ -148,6 +144,12 @@ def claim_root(
     Raises:
         CheckpointSaveError: the lock stays busy, or the record cannot be written.
     """
+    # Imported here: every scan reads the owner record, only a manager takes ownership.
+    import logging
+
+    from kempnerforge.checkpoint.store._lock import hold_lock
+    from kempnerforge.checkpoint.store.swap import recover_swaps
+
     step = _own_step(root, resumed_from)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -168,7 +170,7 @@ def claim_root(
             write_owner(root, owner)
             if rolled_back is not None and step is not None:
                 update_latest(root, step)
-                logger.warning(
+                logging.getLogger(__name__).warning(
                     "%s: resumed from step %d, older than latest (step %d): a rollback; latest "
                     "now names step %d, and step %d's branch is no longer this run's lineage",
                     root,

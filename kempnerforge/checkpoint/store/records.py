@@ -103,11 +103,51 @@ class CheckpointFacts(NamedTuple):
 
     def to_info(self, *, step: int, path: Path, is_latest: bool) -> CheckpointInfo:
         """The record of these facts about the step directory ``path`` (of ``step``)."""
+        (
+            complete,
+            incomplete_reason,
+            tokens_seen,
+            dynamic_milestone,
+            recorded_config,
+            size_bytes,
+            file_count,
+            mtime_s,
+            warnings,
+            scan_error,
+            metrics,
+            pin,
+            size_known,
+            corrupt,
+            verified,
+            run_id,
+        ) = self
         # Filled directly, not through the frozen __init__ (an object.__setattr__ per field):
         # warm scan+plan of 2,000 checkpoints 72-80 ms this way, 79-87 ms through __init__.
+        # One dict literal copied in (not built in place): the records then read faster too.
         info = object.__new__(CheckpointInfo)
-        fields = zip(self._fields, self, strict=True)
-        info.__dict__.update(fields, step=step, path=path, is_latest=is_latest)
+        info.__dict__.update(
+            {
+                "complete": complete,
+                "incomplete_reason": incomplete_reason,
+                "tokens_seen": tokens_seen,
+                "dynamic_milestone": dynamic_milestone,
+                "recorded_config": recorded_config,
+                "size_bytes": size_bytes,
+                "file_count": file_count,
+                "mtime_s": mtime_s,
+                "warnings": warnings,
+                "scan_error": scan_error,
+                "metrics": metrics,
+                "pin": pin,
+                "size_known": size_known,
+                "corrupt": corrupt,
+                "verified": verified,
+                "run_id": run_id,
+                "step": step,
+                "path": path,
+                "is_latest": is_latest,
+            }
+        )
         return info
 
 

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kempnerforge.checkpoint.store._manifest import ManifestError, read_manifest
 from kempnerforge.checkpoint.store.layout import DCP_METADATA, check_complete, pp_stage_dirs
 from kempnerforge.checkpoint.store.recorded import recorded_pp_stages
 
@@ -100,6 +99,9 @@ def _trees_without_listing(step_dir: Path, pp_stages: int | None) -> list[tuple[
 
 def _verify_tree(tree: Path, where: str, *, shards: bool = True) -> str | None:
     """Why the DCP tree ``tree`` is corrupt, or None when it is whole."""
+    # Imported here (pickle and the allowlist): a scan served by the cache checks nothing.
+    from kempnerforge.checkpoint.store._manifest import ManifestError, read_manifest
+
     try:
         manifest = read_manifest(tree / DCP_METADATA)
     except ManifestError as exc:
