@@ -6,6 +6,8 @@ import dataclasses
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -335,3 +337,39 @@ def test_each_distinct_recorded_config_is_stored_once(tmp_path: Path) -> None:
     assert type(recorded[500]["keep_last_n"]) is float  # type: ignore[index]
     assert _without_time(warm) == _without_time(scan(root, use_cache=False))
     assert _without_time(cold) != _without_time(warm)  # step_600 is new
+
+
+_LAZY = (
+    "kempnerforge.checkpoint.store._walk",
+    "kempnerforge.checkpoint.store._facts",
+    "kempnerforge.checkpoint.store._manifest",
+    "pickle",
+    "logging",
+)
+"""What ``kf-ckpt ls`` served by the cache (scan, config, plan) has no use for: never imported."""
+
+
+def test_a_warm_verified_scan_imports_neither_the_walk_nor_the_manifest_reader(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "ckpt"
+    for step in (100, 200):
+        make_checkpoint(root, step, mtime_s=OLD_S)
+    assert scan(root, verify=True).cache_hits == 0  # walks, verifies, records both verdicts
+    code = (
+        "import sys\n"
+        "from kempnerforge.checkpoint.store.retention import plan_retention\n"
+        "from kempnerforge.checkpoint.store.selection import scan_root\n"
+        "catalog, selection = scan_root(sys.argv[1], None, (), verify=True)\n"  # as ls does
+        "plan_retention(catalog, selection.config)\n"
+        "print(catalog.cache_hits, all(c.verified for c in catalog.checkpoints))\n"
+        f"print(sorted(set(sys.modules) & {set(_LAZY)!r}))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert run.stdout.splitlines() == ["2 True", "[]"]
