@@ -123,7 +123,8 @@ class CheckpointFacts(NamedTuple):
         ) = self
         # Filled directly, not through the frozen __init__ (an object.__setattr__ per field):
         # warm scan+plan of 2,000 checkpoints 72-80 ms this way, 79-87 ms through __init__.
-        # One dict literal copied in (not built in place): the records then read faster too.
+        # One dict literal copied in, not filled in place: plan_retention then reads 2,000 of
+        # them in 45 M instructions instead of 59 M (callgrind), and building one costs a third.
         info = object.__new__(CheckpointInfo)
         info.__dict__.update(
             {
