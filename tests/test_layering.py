@@ -4,6 +4,7 @@ including the lazy ones inside functions (a lazy import still couples the layers
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,15 @@ def test_the_checker_sees_a_lazy_import_inside_a_function(tmp_path: Path) -> Non
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from kempnerforge.checkpoint.manager import X\n")
     assert "kempnerforge.checkpoint.manager" in imports_of(module)
+
+
+def test_no_module_is_named_like_a_standard_library_module() -> None:
+    # A module named ``gc`` or ``trace`` reads as the standard library's in a traceback, an
+    # import list or a ``python -m`` line; command modules take the library's job name instead.
+    clashes = sorted(
+        str(path.relative_to(PACKAGE.parent))
+        for path in PACKAGE.rglob("*.py")
+        if (path.parent.name if path.stem == "__init__" else path.stem).lstrip("_")
+        in sys.stdlib_module_names
+    )
+    assert clashes == []

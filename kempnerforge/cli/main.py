@@ -21,7 +21,7 @@ __all__ = ["COMMANDS", "cli", "main"]
 # name -> (module, attribute, one-line help shown by `kf-ckpt --help` without importing it)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "ls": ("kempnerforge.cli.ls", "ls", "List checkpoints and what gc would do with each."),
-    "gc": ("kempnerforge.cli.gc", "gc", "Delete checkpoints that retention no longer keeps."),
+    "gc": ("kempnerforge.cli.collect", "gc", "Delete checkpoints that retention no longer keeps."),
     "plan": ("kempnerforge.cli.plan", "plan", "Preview a run's saves, milestones and disk use."),
     "pin": ("kempnerforge.cli.pin", "pin", "Keep a checkpoint whatever retention says."),
     "unpin": ("kempnerforge.cli.pin", "unpin", "Remove a checkpoint's pin."),
@@ -30,7 +30,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("kempnerforge.cli.export", "export", "Export model weights as safetensors."),
     "stats": ("kempnerforge.cli.stats", "stats", "Per-tensor statistics of a checkpoint."),
     "diff": ("kempnerforge.cli.diff", "diff", "How far the weights moved between checkpoints."),
-    "trace": ("kempnerforge.cli.trace", "trace", "Weight norms and changes across checkpoints."),
+    "trace": (
+        "kempnerforge.cli.weight_trace",
+        "trace",
+        "Weight norms and changes across checkpoints.",
+    ),
 }
 
 

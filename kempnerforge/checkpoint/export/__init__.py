@@ -30,8 +30,8 @@ from kempnerforge.checkpoint.export.stats import (
     TensorStats,
     checkpoint_stats,
 )
-from kempnerforge.checkpoint.export.trace import TraceResult, TraceRow, trace_checkpoints
 from kempnerforge.checkpoint.export.trace_plot import plot_trace
+from kempnerforge.checkpoint.export.weight_trace import TraceResult, TraceRow, trace_checkpoints
 
 __all__ = [
     "DEFAULT_BATCH_BYTES",

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kempnerforge.checkpoint.export.trace import TraceResult, TraceRow
+from kempnerforge.checkpoint.export.weight_trace import TraceResult, TraceRow
 from kempnerforge.errors import ConfigError, MissingExtraError
 
 __all__ = ["PLOT_SUFFIXES", "check_plot_path", "plot_trace", "require_matplotlib"]

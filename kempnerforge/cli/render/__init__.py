@@ -11,8 +11,8 @@ printed as they come, with the command-line hint of an error's remedy added here
   parts the JSON documents share (``_documents``), the error hints (``_errors``), and the
   helpers that print in the house format (``_echo``: ``echo_json``, ``echo_warnings``,
   ``echo_notes``, ``progress_bar``).
-* One view module per command (``render.ls``, ``render.gc``, ``render.plan``, ``render.mark``,
-  ``render.pin``, ``render.show``, ``render.stats``, ``render.diff``, ``render.trace``,
+* One view module per command (``render.ls``, ``render.collect``, ``render.plan``, ``render.mark``,
+  ``render.pin``, ``render.show``, ``render.stats``, ``render.diff``, ``render.weight_trace``,
   ``render.export``): pure functions from a library result to text or to a JSON-ready dict.
   They are imported by their command only, so that a command loads its own view alone.
   ``_pending`` is the part of the ``ls`` view about saves not yet published.

@@ -1,7 +1,7 @@
 """``kf-ckpt trace``: weight norms and relative changes across a run's checkpoints.
 
-Thin: parse, call :func:`kempnerforge.checkpoint.export.trace.trace_checkpoints`, render with
-:mod:`kempnerforge.cli.render.trace` (a table with sparklines, or JSON, or CSV), and draw the
+Thin: parse, call :func:`kempnerforge.checkpoint.export.weight_trace.trace_checkpoints`, render with
+:mod:`kempnerforge.cli.render.weight_trace` (a table with sparklines, or JSON, or CSV), and draw the
 figure with :func:`kempnerforge.checkpoint.export.trace_plot.plot_trace` when asked. torch is
 imported only when the command runs, matplotlib only with --plot.
 """
@@ -15,7 +15,7 @@ import click
 
 from kempnerforge.cli._options import selection_options
 from kempnerforge.cli.render import echo_json, echo_notes, progress_bar
-from kempnerforge.cli.render.trace import plot_written, trace_csv, trace_text
+from kempnerforge.cli.render.weight_trace import plot_written, trace_csv, trace_text
 
 __all__ = ["trace"]
 
@@ -88,7 +88,7 @@ def trace(
 
         check_plot_path(plot)
         require_matplotlib()
-    from kempnerforge.checkpoint.export.trace import trace_checkpoints
+    from kempnerforge.checkpoint.export.weight_trace import trace_checkpoints
 
     with progress_bar("reading") as progress:
         result = trace_checkpoints(

@@ -1,4 +1,5 @@
-"""The ``kf-ckpt trace`` view of a :class:`~kempnerforge.checkpoint.export.trace.TraceResult`:
+"""The ``kf-ckpt trace`` view of a
+:class:`~kempnerforge.checkpoint.export.weight_trace.TraceResult`:
 the table with sparklines of the relative changes, and the CSV."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 from kempnerforge.cli.render import human_float, render_table, sparkline
 
 if TYPE_CHECKING:
-    from kempnerforge.checkpoint.export.trace import TraceResult, TraceRow
+    from kempnerforge.checkpoint.export.weight_trace import TraceResult, TraceRow
 
 __all__ = ["plot_written", "trace_csv", "trace_text"]
 

@@ -2,7 +2,7 @@
 
 Thin: parse, select the root and its config, run
 :func:`kempnerforge.checkpoint.store.collect.collect_garbage`, render with
-:mod:`kempnerforge.cli.render.gc` (a table, or JSON); failed deletions exit 1.
+:mod:`kempnerforge.cli.render.collect` (a table, or JSON); failed deletions exit 1.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from kempnerforge.checkpoint.store.policy import likely_milestones
 from kempnerforge.checkpoint.store.selection import select_root
 from kempnerforge.cli._options import config_options, wait_lock_option
 from kempnerforge.cli.render import echo_json, echo_warnings
-from kempnerforge.cli.render.gc import (
+from kempnerforge.cli.render.collect import (
     gc_document,
     gc_failure,
     gc_table,
