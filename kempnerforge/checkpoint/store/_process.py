@@ -1,13 +1,14 @@
 """Is a process of this host still the one that wrote a lease? Linux ``/proc`` probes for
 :mod:`.lease`: the boot id, a pid's start time (so that a recycled pid is told apart) and
-whether it still runs (a zombie does not). Off Linux each answers what it can."""
+whether it still runs (a zombie does not), and the host name. Off Linux each answers what it
+can."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-__all__ = ["boot_id", "process_alive", "start_ticks"]
+__all__ = ["boot_id", "hostname", "process_alive", "start_ticks"]
 
 
 def boot_id() -> str | None:
@@ -58,3 +59,11 @@ def process_alive(pid: int, pid_start: int | None) -> bool:
         return int(fields[19]) == pid_start
     except (ValueError, IndexError):
         return True
+
+
+def hostname() -> str:
+    """This host's name, as :func:`socket.gethostname` gives it; the socket module is imported
+    only when a lease is written or judged (a warm ``ls`` with no save in flight never needs it)."""
+    import socket
+
+    return socket.gethostname()

@@ -31,7 +31,7 @@ from kempnerforge.checkpoint.store.layout import (
     parse_pp_stage,
 )
 
-__all__ = ["Stamp", "StepWalk", "stamp_of", "walk_step_dir"]  # stamps: the cache file's
+__all__ = ["StepWalk", "walk_step_dir"]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _S_IFMT, _S_IFDIR = 0o170000, stat.S_IFDIR

@@ -32,10 +32,10 @@ import logging
 import os
 from pathlib import Path
 
+from kempnerforge.checkpoint.store._cache_file import Stamp, stamp_of
 from kempnerforge.checkpoint.store._emptier import TrashEmptier, has_trash
 from kempnerforge.checkpoint.store._lock import hold_lock
 from kempnerforge.checkpoint.store._retire import retire_victims
-from kempnerforge.checkpoint.store._walk import Stamp, stamp_of
 from kempnerforge.checkpoint.store.collect import GcResult
 from kempnerforge.checkpoint.store.layout import TRASH_NAME, step_dir_name
 from kempnerforge.config.checkpoint import CheckpointConfig

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import threading
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -34,7 +33,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from kempnerforge.checkpoint.store._process import boot_id, process_alive, start_ticks
+from kempnerforge.checkpoint.store._process import boot_id, hostname, process_alive, start_ticks
 from kempnerforge.checkpoint.store.files import write_json_atomic
 from kempnerforge.checkpoint.store.layout import LEASE_NAME, LOCK_NAME
 
@@ -144,7 +143,7 @@ def new_lease(step: int, owner: str) -> Lease:
     return Lease(
         step=step,
         owner=owner,
-        host=socket.gethostname(),
+        host=hostname(),
         pid=pid,
         pid_start=start_ticks(pid),
         boot_id=boot_id(),
@@ -254,10 +253,11 @@ def judge_lease(
     age_s: float | None = now_s - lease_mtime_s
     if age_s != age_s:  # NaN: a corrupt mtime cannot show life
         age_s = None
-    if lease.host == socket.gethostname() and lease.boot_id == boot_id():
+    host = hostname()
+    if lease.host == host and lease.boot_id == boot_id():
         alive = process_alive(lease.pid, lease.pid_start)
         state = LeaseState.running if alive else LeaseState.exited
-    elif lease.host == socket.gethostname() and lease.boot_id is not None and boot_id():
+    elif lease.host == host and lease.boot_id is not None and boot_id():
         state = LeaseState.rebooted
     elif age_s is None:
         state = LeaseState.heartbeat_unreadable
