@@ -8,9 +8,10 @@ that an example only passes around (``model``, ``config``) are the reader's own 
 left alone. The examples that are not ``+SKIP`` are also run (the strategy that the registry's
 example registers goes into a copy of the registry, dropped afterwards). Every dotted
 ``kempnerforge.X`` reference (``:mod:`` and ``:class:`` roles, ``automodule`` directives), every
-relative ``:mod:`.name``` in a docstring, and every ``from kempnerforge... import ...`` line in
-the docs, the README and the docstrings must resolve too, so a module that moves cannot leave a
-page pointing at its old path.
+relative ``:mod:`.name``` in a docstring, every ``from kempnerforge... import ...`` line and
+every file of the repository named in double backquotes, in the docs, the README and the
+docstrings, must resolve too, so a module that moves cannot leave a page pointing at its old
+path.
 """
 
 from __future__ import annotations
@@ -390,6 +391,12 @@ def test_the_docstring_examples_that_are_not_skipped_hold(monkeypatch: pytest.Mo
 _DOTTED = re.compile(r"(?<![\w./-])~?(kempnerforge(?:\.[A-Za-z_]\w*)+)(?![\w/]|\.rst|\.py)")
 _IMPORT = re.compile(r"^\s*(?:>>> )?from (kempnerforge[\w.]*) import \(?([\w, ]+)\)?", re.M)
 _RELATIVE = re.compile(r":(?:mod|class|func|meth|attr|data|exc):`~?(\.[\w.]+)`")
+# ``store/_lock.py``, ``tests/checkpoint/store/test_catalog.py``: a file of this repository
+_FILE = re.compile(
+    r"``((?:kempnerforge|tests|docs|bench|examples|checkpoint|store|manager|export|cli|config)"
+    r"/[\w./-]*\.(?:py|rst|toml|md))``"
+)
+_FILE_BASES = (ROOT, ROOT / "kempnerforge", ROOT / "kempnerforge" / "checkpoint")
 
 
 def _texts() -> Iterator[tuple[str, str, str | None]]:
@@ -411,6 +418,9 @@ def _references_in(where: str, text: str, module: str | None) -> list[str]:
             ok, found = _lookup(f"{source}.{name}")
             if not ok:
                 bad.append(f"{where}: from {source} import {name} (no {found})")
+    for named in _FILE.findall(text):
+        if not any((base / named).exists() for base in _FILE_BASES):
+            bad.append(f"{where}: {named} (no such file)")
     if module is not None:
         is_package = (ROOT / module.replace(".", "/")).is_dir()
         package = module if is_package else module.rsplit(".", 1)[0]
@@ -439,6 +449,8 @@ def test_the_reference_check_catches_old_paths() -> None:
 
        from kempnerforge.checkpoint.store.catalog import scan, scan_root
        from kempnerforge.checkpoint._manager_fs import write_metadata
+
+    (``store/_lock.py`` exists; ``tests/checkpoint/test_catalog.py`` moved.)
     """
     problems = _references_in("probe", text, "kempnerforge.checkpoint.store.catalog")
     assert [p.split(": ", 1)[1] for p in problems] == [
@@ -449,6 +461,7 @@ def test_the_reference_check_catches_old_paths() -> None:
         "(no kempnerforge.checkpoint.store.catalog.scan_root)",
         "from kempnerforge.checkpoint._manager_fs import write_metadata "
         "(no kempnerforge.checkpoint._manager_fs)",
+        "tests/checkpoint/test_catalog.py (no such file)",
         ".inspect (neither kempnerforge.checkpoint.store.catalog.inspect nor "
         "kempnerforge.checkpoint.store.inspect)",
     ]
