@@ -13,6 +13,7 @@ import click
 
 from kempnerforge.checkpoint.store.collect import collect_garbage
 from kempnerforge.checkpoint.store.policy import likely_milestones
+from kempnerforge.checkpoint.store.retention import RetentionPlan
 from kempnerforge.checkpoint.store.selection import select_root
 from kempnerforge.cli._options import config_options, wait_lock_option
 from kempnerforge.cli.render import echo_json, echo_warnings
@@ -83,20 +84,24 @@ def gc(
     if config is None and collect_garbage(root, None, dry_run=True).catalog.checkpoints:
         raise ConfigError(no_policy_message(root))  # an empty root has nothing to protect
     # Without a window, deleting what looks like an unmarked window's milestones gets a
-    # warning, given before anything is deleted (from a plan made first).
+    # warning, given before anything is deleted, about exactly the plan gc carries out.
+    likely: list[int] = []
+
+    def warn_milestones(plan: RetentionPlan) -> None:
+        likely.extend(likely_milestones(d.step for d in plan.to_delete))
+        echo_warnings([milestone_warning(root, tuple(likely))] if likely else [])
+
     unmarked = config is not None and config.dyn_ckpt_window is None
-    likely: tuple[int, ...] = ()
-    if unmarked and not dry_run:
-        preview = collect_garbage(root, config, dry_run=True)
-        likely = likely_milestones(d.step for d in preview.plan.to_delete)
-        echo_warnings([milestone_warning(root, likely)] if likely else [])
-    result = collect_garbage(root, config, wait_lock_s=wait_lock, dry_run=dry_run)
-    if unmarked and dry_run:
-        likely = likely_milestones(d.step for d in result.plan.to_delete)
-        echo_warnings([milestone_warning(root, likely)] if likely else [])
+    result = collect_garbage(
+        root,
+        config,
+        wait_lock_s=wait_lock,
+        dry_run=dry_run,
+        before_delete=warn_milestones if unmarked else None,
+    )
     echo_warnings(gc_warnings(result))
     if as_json:
-        echo_json(gc_document(result, selection, likely_milestones=likely))
+        echo_json(gc_document(result, selection, likely_milestones=tuple(likely)))
     else:
         click.echo(gc_table(result))
     failure = gc_failure(result)

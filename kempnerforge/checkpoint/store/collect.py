@@ -47,6 +47,7 @@ def collect_garbage(
     *,
     wait_lock_s: float = 0.0,
     dry_run: bool = False,
+    before_delete: Callable[[RetentionPlan], None] | None = None,
 ) -> GcResult:
     """Scan ``root``, plan retention with ``config`` and delete what the plan does not keep.
 
@@ -55,6 +56,11 @@ def collect_garbage(
     scan cache; before deleting, every checkpoint the deletions depend on gets the full check
     (see :func:`_verified_plan`), and a corrupt one is kept and no longer counts. Each victim is
     re-checked on disk before it goes, never from the cache (see :func:`apply_plan`).
+
+    ``before_delete`` is called once with the plan that is about to be carried out, under the
+    lock and before anything is deleted (on a dry run, with the plan made): a caller warns about
+    exactly the deletions that follow, with no second scan; an exception it raises deletes
+    nothing.
 
     Raises:
         CheckpointRootError: ``root`` is missing or not a directory.
@@ -71,10 +77,14 @@ def collect_garbage(
     path = check_root(root)
     if dry_run:
         catalog, plan = _verified_plan(path, config)
+        if before_delete is not None:
+            before_delete(plan)
         return GcResult(catalog=catalog, plan=plan, applied=None)
     with hold_lock(path, wait_lock_s=wait_lock_s):
         recover_swaps(path)  # a swap a kill interrupted: the old copy goes back first
         catalog, plan = _verified_plan(path, config)
+        if before_delete is not None:
+            before_delete(plan)
         applied = apply_locked(plan)
     return GcResult(catalog=catalog, plan=plan, applied=applied)
 

@@ -25,7 +25,12 @@ from kempnerforge.checkpoint.store.files import read_latest, update_latest
 from kempnerforge.checkpoint.store.layout import LOCK_NAME, TRASH_NAME
 from kempnerforge.checkpoint.store.owner import claim_root
 from kempnerforge.checkpoint.store.publish import begin_save, publish_save
-from kempnerforge.checkpoint.store.retention import IN_FLIGHT_GRACE_S, Reason, plan_retention
+from kempnerforge.checkpoint.store.retention import (
+    IN_FLIGHT_GRACE_S,
+    Reason,
+    RetentionPlan,
+    plan_retention,
+)
 from kempnerforge.config.checkpoint import CheckpointConfig
 from kempnerforge.errors import (
     CheckpointRootError,
@@ -122,6 +127,35 @@ def test_rollback_keeps_the_save_in_progress_below_the_newest_complete(tmp_path:
     (step_dir / ".metadata").write_bytes(dcp_manifest({}))  # the save finishes
     update_latest(tmp_path, 600)
     assert read_latest(tmp_path).step == 600 and _steps(tmp_path) == [600, 900, 1000]
+
+
+def test_before_delete_sees_the_plan_carried_out_and_can_stop_it(tmp_path: Path) -> None:
+    make_root(tmp_path, [1, 2, 3, 4], latest=4)
+    seen: list[tuple[int, ...]] = []
+
+    def look(plan: RetentionPlan) -> None:
+        assert (tmp_path / LOCK_NAME).is_file()  # called under the lock, before any deletion
+        assert _steps(tmp_path) == [1, 2, 3, 4]
+        seen.append(tuple(d.step for d in plan.to_delete))
+
+    result = collect_garbage(tmp_path, KEEP2, before_delete=look)
+    assert seen == [(1, 2)]
+    assert result.applied is not None and [d.step for d in result.applied.deleted] == [1, 2]
+
+    make_root(tmp_path, [5, 6], latest=6)
+
+    def refuse(plan: RetentionPlan) -> None:
+        raise RetentionError("not today")
+
+    with pytest.raises(RetentionError, match="not today"):
+        collect_garbage(tmp_path, KEEP2, before_delete=refuse)
+    assert _steps(tmp_path) == [3, 4, 5, 6]  # nothing deleted
+    with hold_lock(tmp_path, wait_lock_s=0):  # and the lock was let go
+        pass
+    collect_garbage(
+        tmp_path, KEEP2, dry_run=True, before_delete=lambda p: seen.append((len(p.to_delete),))
+    )
+    assert seen[-1] == (2,)  # a dry run shows its plan too: step_3 and step_4
 
 
 def test_dry_run_plans_without_lock_and_deletes_nothing(tmp_path: Path) -> None:
