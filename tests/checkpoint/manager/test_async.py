@@ -202,3 +202,37 @@ def test_latest_moves_as_soon_as_the_flush_is_durable(tmp_path: Path) -> None:
     assert other.load()[0] == 1
     manager.close()
     assert _latest_is_complete(root) == 1
+
+
+def test_async_checkpointer_save_alone_stages_then_flushes(tmp_path: Path) -> None:
+    """The public one-call path: save() copies the state before it returns, so the caller may
+    change its tensors at once; a second save before wait() is refused; a failed flush surfaces
+    in wait() and leaves the checkpointer usable."""
+    import torch.distributed.checkpoint as dcp
+
+    state = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(4)}
+    expected = {k: v.clone() for k, v in state.items()}
+    checkpointer = AsyncCheckpointer()
+    try:
+        pending = checkpointer.save(state, checkpoint_id=tmp_path / "step_1", step=1)
+        assert pending.step == 1 and checkpointer.pending is pending
+        state["w"].mul_(-1)  # the staged copy, not this tensor, is what gets written
+        state["b"].zero_()
+        with pytest.raises(RuntimeError, match="step 1 is still pending; call wait"):
+            checkpointer.save(state, checkpoint_id=tmp_path / "step_2", step=2)
+        assert checkpointer.wait() == 1 and checkpointer.pending is None
+        assert checkpointer.wait() is None
+        loaded = {k: torch.empty_like(v) for k, v in expected.items()}
+        dcp.load(loaded, checkpoint_id=str(tmp_path / "step_1"))
+        assert_bit_equal(loaded, expected)
+
+        blocker = tmp_path / "step_3"
+        blocker.write_text("a file where the checkpoint directory should go")
+        checkpointer.save(state, checkpoint_id=blocker, step=3)
+        with pytest.raises(CheckpointSaveError, match="background save of step 3"):
+            checkpointer.wait()
+        checkpointer.save(state, checkpoint_id=tmp_path / "step_4", step=4)
+        assert checkpointer.wait() == 4
+        assert (tmp_path / "step_4" / DCP_METADATA).is_file()
+    finally:
+        checkpointer.close()
