@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import click
 
 __all__ = [
+    "config_file_option",
     "config_options",
     "gc_paused",
     "parse_size",
@@ -48,6 +49,19 @@ def wait_lock_option(fn: F) -> F:
     )(fn)
 
 
+def config_file_option(help_text: str) -> Callable[[F], F]:
+    """``-c/--config JOB.toml`` (passed as ``config_path``), with the command's own help text."""
+    return click.option(
+        "-c",
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=str),
+        default=None,
+        metavar="JOB.toml",
+        help=help_text,
+    )
+
+
 def config_options(fn: F) -> F:
     """``-c/--config JOB.toml`` and repeated ``--set checkpoint.KEY=VALUE``."""
     fn = click.option(
@@ -57,17 +71,10 @@ def config_options(fn: F) -> F:
         metavar="KEY=VALUE",
         help="Override a config value, e.g. --set checkpoint.keep_last_n=5 (repeatable).",
     )(fn)
-    fn = click.option(
-        "-c",
-        "--config",
-        "config_path",
-        type=click.Path(dir_okay=False, path_type=str),
-        default=None,
-        metavar="JOB.toml",
-        help="KempnerForge job file whose [checkpoint] table to use "
-        "(default: the config recorded in the newest checkpoint, else the defaults).",
+    return config_file_option(
+        "KempnerForge job file whose [checkpoint] table to use "
+        "(default: the config recorded in the newest checkpoint, else the defaults)."
     )(fn)
-    return fn
 
 
 def selection_options(fn: F) -> F:

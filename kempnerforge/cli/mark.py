@@ -12,7 +12,7 @@ import click
 
 from kempnerforge.checkpoint.store.policy import mark_root
 from kempnerforge.checkpoint.store.resolve import split_checkpoint_path
-from kempnerforge.cli._options import wait_lock_option
+from kempnerforge.cli._options import config_file_option, wait_lock_option
 from kempnerforge.cli.render import echo_json
 from kempnerforge.cli.render.mark import mark_document, mark_text
 from kempnerforge.config.checkpoint import CheckpointConfig, DynamicCheckpointWindow
@@ -40,15 +40,9 @@ def _window(ctx: click.Context, param: click.Parameter, value: str | None) -> An
 
 @click.command("mark")
 @click.argument("root", metavar="ROOT")
-@click.option(
-    "-c",
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=str),
-    default=None,
-    metavar="JOB.toml",
-    help="The run's job file: mark its window's milestones and record its [checkpoint] table "
-    "as ROOT's retention policy.",
+@config_file_option(
+    "The run's job file: mark its window's milestones and record its [checkpoint] table "
+    "as ROOT's retention policy."
 )
 @click.option(
     "--window",

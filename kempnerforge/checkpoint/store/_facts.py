@@ -16,7 +16,12 @@ from kempnerforge.checkpoint.store._walk import StepWalk
 from kempnerforge.checkpoint.store.layout import DCP_METADATA, Completeness, assess_complete
 from kempnerforge.checkpoint.store.metrics import recorded_metrics
 from kempnerforge.checkpoint.store.pins import read_pin
-from kempnerforge.checkpoint.store.recorded import MetadataRead, pp_stages_of, read_metadata_json
+from kempnerforge.checkpoint.store.recorded import (
+    MetadataRead,
+    json_int,
+    pp_stages_of,
+    read_metadata_json,
+)
 from kempnerforge.checkpoint.store.records import CheckpointFacts
 
 __all__ = ["checkpoint_facts"]
@@ -100,7 +105,7 @@ def _single_stage_status(has_dcp_metadata: bool) -> Completeness:
 
 def _recorded_int(data: dict[str, Any], key: str, warnings: list[str]) -> int | None:
     value = data.get(key)
-    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+    if value is None or json_int(value):
         return value
     warnings.append(f"metadata.json {key} is not an integer: {value!r}; ignored")
     return None

@@ -22,6 +22,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kempnerforge.checkpoint.store._lock import ReaderGuard, hold_lock
 from kempnerforge.checkpoint.store._pending import victim_name
@@ -112,6 +113,19 @@ class _Progress:
     skipped: list[NotDeleted]
     in_place: bool = False
 
+    def result(self, root: Path, warnings: list[str], **extra: Any) -> ApplyResult:
+        """The :class:`ApplyResult` of what was done, with the in-place warning when it applies."""
+        return ApplyResult(
+            deleted=tuple(self.deleted),
+            vanished=tuple(self.vanished),
+            failed=tuple(self.failed),
+            skipped=tuple(self.skipped),
+            bytes_freed=sum(d.size_bytes for d in self.deleted),
+            in_place=self.in_place,
+            warnings=tuple(warnings + _in_place_warning(root, self.in_place)),
+            **extra,
+        )
+
 
 def apply_locked(plan: RetentionPlan, *, defer_removal: bool = False) -> ApplyResult:
     """:func:`apply_plan` for a caller that already holds the root's lock.
@@ -154,17 +168,7 @@ def apply_locked(plan: RetentionPlan, *, defer_removal: bool = False) -> ApplyRe
         _drop_trash_if_empty(root_fd)
     finally:
         os.close(root_fd)
-    return ApplyResult(
-        deleted=tuple(progress.deleted),
-        vanished=tuple(progress.vanished),
-        failed=tuple(progress.failed),
-        skipped=tuple(progress.skipped),
-        bytes_freed=sum(d.size_bytes for d in progress.deleted),
-        trash_cleared=cleared,
-        in_trash=in_trash,
-        in_place=progress.in_place,
-        warnings=tuple(warnings + _in_place_warning(root, progress.in_place)),
-    )
+    return progress.result(root, warnings, trash_cleared=cleared, in_trash=in_trash)
 
 
 def _apply_in_place(
@@ -193,15 +197,8 @@ def _apply_in_place(
                     readers.release(decision.step)
     finally:
         readers.close()
-    return ApplyResult(
-        deleted=tuple(progress.deleted),
-        vanished=tuple(progress.vanished),
-        failed=tuple(progress.failed),
-        skipped=tuple(progress.skipped),
-        bytes_freed=sum(d.size_bytes for d in progress.deleted),
-        in_place=True,
-        warnings=tuple(_in_place_warning(root, True)),
-    )
+    progress.in_place = True
+    return progress.result(root, [])
 
 
 def _in_place_warning(root: Path, in_place: bool) -> list[str]:

@@ -24,7 +24,6 @@ age in seconds); ``kf-ckpt`` words it. Torch-free.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 from dataclasses import asdict, dataclass
@@ -36,6 +35,7 @@ from typing import Any, TypeGuard
 from kempnerforge.checkpoint.store._process import boot_id, hostname, process_alive, start_ticks
 from kempnerforge.checkpoint.store.files import write_json_atomic
 from kempnerforge.checkpoint.store.layout import LEASE_NAME, LOCK_NAME
+from kempnerforge.checkpoint.store.recorded import json_int, tagged_document
 
 __all__ = [
     "LEASE_HEARTBEAT_S",
@@ -184,15 +184,12 @@ def read_lease(save_dir: Path) -> tuple[Lease | None, float | None, LeaseVerdict
 
 
 def _parse(raw: bytes) -> Lease | None:
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(data, dict) or data.get("format") != "kf-lease":
+    data = tagged_document(raw, "kf-lease")
+    if data is None:
         return None
     step, pid = data.get("step"), data.get("pid")
     owner, host = data.get("owner"), data.get("host")
-    if not (_is_int(step) and _is_int(pid) and isinstance(owner, str) and isinstance(host, str)):
+    if not (json_int(step) and json_int(pid) and isinstance(owner, str) and isinstance(host, str)):
         return None
     pid_start = data.get("pid_start")
     boot_id = data.get("boot_id")
@@ -202,15 +199,11 @@ def _parse(raw: bytes) -> Lease | None:
         owner=owner,
         host=host,
         pid=pid,
-        pid_start=pid_start if _is_int(pid_start) else None,
+        pid_start=pid_start if json_int(pid_start) else None,
         boot_id=boot_id if isinstance(boot_id, str) else None,
         started_at=str(data.get("started_at", "")),
         heartbeat_s=float(heartbeat) if _is_number(heartbeat) else LEASE_HEARTBEAT_S,
     )
-
-
-def _is_int(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value: Any) -> TypeGuard[int | float]:

@@ -14,12 +14,11 @@ Torch-free. Written by :func:`claim_root`; read leniently (a missing or corrupt 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
 from kempnerforge.checkpoint.store.files import (
     read_latest,
@@ -28,6 +27,7 @@ from kempnerforge.checkpoint.store.files import (
     write_json_atomic,
 )
 from kempnerforge.checkpoint.store.layout import OWNER_NAME, PUBLISH_LOCK_NAME, parse_step
+from kempnerforge.checkpoint.store.recorded import json_int, tagged_document
 from kempnerforge.errors import CheckpointSaveError, LockBusyError, RetentionError
 
 __all__ = ["CLAIM_LOCK_WAIT_S", "Owner", "claim_root", "new_owner", "read_owner", "write_owner"]
@@ -96,14 +96,11 @@ def read_owner(root: Path) -> Owner | None:
         os.close(fd)
     if len(raw) > _MAX_OWNER_BYTES:
         return None
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(data, dict) or data.get("format") != "kf-owner":
+    data = tagged_document(raw, "kf-owner")
+    if data is None:
         return None
     token, host, pid = data.get("token"), data.get("host"), data.get("pid")
-    if not (isinstance(token, str) and token and isinstance(host, str) and _is_int(pid)):
+    if not (isinstance(token, str) and token and isinstance(host, str) and json_int(pid)):
         return None
     return Owner(
         token=token,
@@ -116,12 +113,8 @@ def read_owner(root: Path) -> Owner | None:
     )
 
 
-def _is_int(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _opt_int(value: Any) -> int | None:
-    return value if _is_int(value) and value >= 0 else None
+    return value if json_int(value) and value >= 0 else None
 
 
 def _opt_str(value: Any) -> str | None:

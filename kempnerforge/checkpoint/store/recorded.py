@@ -1,4 +1,5 @@
-"""What a checkpoint records in its ``metadata.json``, read as untrusted input.
+"""What a checkpoint records in its ``metadata.json``, read as untrusted input, and the two
+checks every small JSON record of the store shares (:func:`json_int`, :func:`tagged_document`).
 
 A missing, unreadable, oversized, non-UTF-8, hostile (nested too deep) or corrupt file is a
 warning, never a crash: the scan records it and goes on. A symlink is never followed and a FIFO
@@ -13,11 +14,18 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from kempnerforge.checkpoint.store.layout import METADATA_JSON
 
-__all__ = ["MetadataRead", "pp_stages_of", "read_metadata_json", "recorded_pp_stages"]
+__all__ = [
+    "MetadataRead",
+    "json_int",
+    "pp_stages_of",
+    "read_metadata_json",
+    "recorded_pp_stages",
+    "tagged_document",
+]
 
 
 _METADATA_MAX_BYTES = 16 * 2**20  # a metadata.json is a few kB; refuse to slurp a huge file
@@ -100,9 +108,24 @@ def _deeper_than(data: Any, limit: int) -> bool:
 def pp_stages_of(data: Mapping[str, Any] | None) -> int | None:
     """The ``pp_stages`` count a metadata.json document records, if it is a valid integer."""
     stages = (data or {}).get("pp_stages")
-    return stages if isinstance(stages, int) and not isinstance(stages, bool) else None
+    return stages if json_int(stages) else None
 
 
 def recorded_pp_stages(step_dir: Path) -> int | None:
     """The number of pipeline stages recorded in ``metadata.json``, if any."""
     return pp_stages_of(read_metadata_json(step_dir).data)
+
+
+def json_int(value: Any) -> TypeGuard[int]:
+    """``value`` (read from JSON) is an integer: ``true`` and ``false`` are not."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def tagged_document(raw: bytes, tag: str) -> dict[str, Any] | None:
+    """The JSON object in ``raw`` whose ``"format"`` is ``tag``; None for anything else
+    (not UTF-8, not JSON, not an object, another format). The caller bounds ``raw``'s size."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == tag else None

@@ -17,7 +17,7 @@ from kempnerforge.checkpoint.store.files import read_latest
 from kempnerforge.checkpoint.store.layout import list_step_dirs, parse_step, step_dir_name
 from kempnerforge.checkpoint.store.lineage import newest_on_lineage, published_after
 from kempnerforge.checkpoint.store.owner import read_owner
-from kempnerforge.checkpoint.store.recorded import read_metadata_json
+from kempnerforge.checkpoint.store.recorded import json_int, read_metadata_json
 from kempnerforge.checkpoint.store.resolve import resolve_checkpoint
 from kempnerforge.checkpoint.store.verify import verify_checkpoint
 from kempnerforge.errors import CheckpointNotFoundError, CorruptCheckpointError
@@ -116,6 +116,6 @@ def _no_complete_checkpoint(root: Path, latest_step: int | None) -> str:
 def saved_step(step_dir: Path) -> int:
     """The step of a checkpoint: from its ``metadata.json``, else from its directory name."""
     step = (read_metadata_json(step_dir).data or {}).get("step")
-    if isinstance(step, int) and not isinstance(step, bool):
+    if json_int(step):
         return step
     return parse_step(step_dir.name) or 0

@@ -19,7 +19,12 @@ import pytest
 
 from kempnerforge.checkpoint.store.catalog import scan
 from kempnerforge.checkpoint.store.collect import collect_garbage
-from kempnerforge.checkpoint.store.layout import LEASE_NAME, LOCK_NAME, inflight_dir_name
+from kempnerforge.checkpoint.store.layout import (
+    LEASE_NAME,
+    LOCK_NAME,
+    OWNER_NAME,
+    inflight_dir_name,
+)
 from kempnerforge.checkpoint.store.lease import (
     LEASE_TTL_S,
     LeaseState,
@@ -29,7 +34,7 @@ from kempnerforge.checkpoint.store.lease import (
     read_lease,
     write_lease,
 )
-from kempnerforge.checkpoint.store.owner import new_owner, write_owner
+from kempnerforge.checkpoint.store.owner import new_owner, read_owner, write_owner
 from kempnerforge.checkpoint.store.retention import Action, Reason, plan_retention
 from kempnerforge.config.checkpoint import CheckpointConfig
 from tests.checkpoint._trees import decision_for, make_checkpoint, make_root, set_mtime
@@ -197,3 +202,23 @@ def test_kf_ckpt_ls_shows_in_flight_saves_with_their_step_and_the_lineage(tmp_pa
     )
     rows = {(row["step"], row["status"], row["gc_action"]) for row in bare["in_flight"]}
     assert rows == {(25, "in-flight", "keep"), (15, "abandoned", "keep")}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 60_000,
+        '{"format": "kf-lease", "step": 1, "pid": true, "owner": "o", "host": "h", "token": "t"}',
+    ],
+    ids=["nested-too-deep", "boolean-pid"],
+)
+def test_a_hostile_lease_or_owner_file_is_unreadable_not_a_crash(tmp_path: Path, text: str) -> None:
+    # A 60,000-deep array fits in the 64 kB bound yet makes json.loads recurse past the
+    # interpreter's limit; true is not a pid. Both are simply not a lease / an owner.
+    save = _inflight(_root(tmp_path), 15)
+    (save / LEASE_NAME).write_text(text)
+    lease, _, problem = read_lease(save)
+    assert lease is None and problem is not None and problem.state is LeaseState.corrupt
+    (tmp_path / "ckpt" / OWNER_NAME).write_text(text.replace("kf-lease", "kf-owner"))
+    assert read_owner(tmp_path / "ckpt") is None
+    assert scan(tmp_path / "ckpt").owner is None
